@@ -1,0 +1,122 @@
+"""Newton–Schulz coefficient presets and their lookup by matrix shape."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+MUON_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+"""Keller Jordan's Muon quintic, used for every shape by ``ns_coeffs="muon"``."""
+
+REFERENCE_TABLE: Mapping[tuple[int, int], tuple[float, float, float]] = {
+    (2048, 2048): (3.4916, -4.8224, 2.1095),
+    (2048, 3072): (3.4509, -4.5790, 1.9325),
+    (2048, 8192): (2.9794, -3.6674, 1.6207),
+    (2048, 16384): (3.1943, -3.8221, 1.5322),
+}
+"""The ROOT authors' table, keyed by ``(min(m, n), max(m, n))``."""
+
+# Our default until a fitted table ships: the authors' table without its square
+# entry. That entry's one-step maximum (1.2246) lies above its repelling fixed
+# point (1.2236), so some normalized singular values grow to 3.3 in 5 steps and
+# ~679 in 6; every entry kept here maps [0, 1] into a bounded band at any step
+# count (tests/test_coefficients.py checks this).
+_ROOT_TABLE = {k: v for k, v in REFERENCE_TABLE.items() if k != (2048, 2048)}
+
+PRESETS = ("root", "reference", "muon")
+
+Triple = tuple[float, float, float]
+CoefficientSpec = (
+    str
+    | Triple
+    | Sequence[Triple]
+    | Mapping[tuple[int, int], Triple | Sequence[Triple]]
+    | Callable[[tuple[int, int], int], Triple | Sequence[Triple]]
+)
+
+
+def _as_steps(fn: str, value, ns_steps: int, what: str) -> np.ndarray:
+    """Coefficients as a float64 ``(ns_steps, 3)`` array, or a clear error."""
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"{fn}(ns_coeffs=...) {what} must be an (a, b, c) triple or a sequence"
+            f" of ns_steps={ns_steps} triples, got {value!r}."
+        ) from None
+    if arr.shape == (3,):
+        arr = np.tile(arr, (ns_steps, 1))
+    if arr.ndim != 2 or arr.shape[1] != 3:
+        raise ValueError(
+            f"{fn}(ns_coeffs=...) {what} must have shape (3,) or (ns_steps, 3), got "
+            f"shape {arr.shape} from {value!r}."
+        )
+    if arr.shape[0] != ns_steps:
+        raise ValueError(
+            f"{fn}(ns_coeffs=...) {what} has {arr.shape[0]} per-iteration triples "
+            f"but ns_steps={ns_steps}; pass ns_steps={arr.shape[0]} or a matching "
+            "table (nothing is silently truncated or repeated)."
+        )
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{fn}(ns_coeffs=...) {what} must be finite, got {value!r}.")
+    return arr
+
+
+def check_spec(fn: str, ns_coeffs: CoefficientSpec, ns_steps: int) -> None:
+    """Validate a coefficient spec at construction time (shapes come later)."""
+    if isinstance(ns_coeffs, str):
+        if ns_coeffs not in PRESETS:
+            raise ValueError(
+                f"{fn}(ns_coeffs=...) got unknown preset {ns_coeffs!r}; expected one of"
+                f" {PRESETS}, an (a, b, c) triple, a sequence of triples, a mapping"
+                " from (min, max) shape to coefficients, or a callable."
+            )
+    elif isinstance(ns_coeffs, Mapping):
+        for key, value in ns_coeffs.items():
+            if not (
+                isinstance(key, tuple)
+                and len(key) == 2
+                and all(isinstance(k, (int, np.integer)) for k in key)
+            ):
+                raise ValueError(
+                    f"{fn}(ns_coeffs=...) mapping keys must be (min, max) int pairs, got"
+                    f" {key!r}."
+                )
+            _as_steps(fn, value, ns_steps, f"entry {key}")
+    elif not callable(ns_coeffs):
+        _as_steps(fn, ns_coeffs, ns_steps, "")
+
+
+def coefficients_for_shape(
+    fn: str, ns_coeffs: CoefficientSpec, shape: tuple[int, int], ns_steps: int
+) -> np.ndarray:
+    """Per-iteration coefficients ``(ns_steps, 3)`` for a matrix of ``shape``."""
+    key = (min(shape), max(shape))
+    if isinstance(ns_coeffs, str):
+        if ns_coeffs == "muon":
+            value = MUON_COEFFICIENTS
+        elif ns_coeffs == "root":
+            value = _ROOT_TABLE.get(key, MUON_COEFFICIENTS)
+        else:
+            value = REFERENCE_TABLE.get(key)
+            if value is None:
+                warnings.warn(
+                    f"{fn}(ns_coeffs='reference'): no reference coefficients for shape "
+                    f"{key}; using Muon's {MUON_COEFFICIENTS} like the reference does.",
+                    stacklevel=2,
+                )
+                value = MUON_COEFFICIENTS
+    elif isinstance(ns_coeffs, Mapping):
+        if key not in ns_coeffs:
+            raise ValueError(
+                f"{fn}(ns_coeffs=...) mapping has no entry for matrix shape {key} "
+                f"(min, max); it has {sorted(ns_coeffs)}."
+            )
+        value = ns_coeffs[key]
+    elif callable(ns_coeffs):
+        value = ns_coeffs(key, ns_steps)
+    else:
+        value = ns_coeffs
+    return _as_steps(fn, value, ns_steps, f"for shape {key}")

@@ -1,0 +1,368 @@
+"""ROOT as a chain of the building blocks, and the full optimizer with AdamW routing."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import optax
+from optax.contrib import MuonDimensionNumbers
+
+from root_optax import (
+    _clipping,
+    _coefficients,
+    _dimension_numbers,
+    _momentum,
+    _newton_schulz,
+    _nonfinite,
+    _scaling,
+    _validation,
+)
+
+
+def scale_by_root(
+    beta: jax.typing.ArrayLike = 0.95,
+    *,
+    nesterov: bool = True,
+    mu_dtype: jax.typing.DTypeLike | None = None,
+    clip_quantile: jax.typing.ArrayLike | None = 0.9,
+    clip_threshold: jax.typing.ArrayLike | None = None,
+    ns_coeffs: _coefficients.CoefficientSpec = "root",
+    ns_steps: int = 5,
+    ns_eps: float = 1e-7,
+    ns_dtype: jax.typing.DTypeLike | None = None,
+    weight_dimension_numbers: _dimension_numbers.WeightDimensionNumbers = None,
+) -> optax.GradientTransformation:
+    r"""ROOT's direction: momentum, then robust clipping, then AdaNewton.
+
+    .. math::
+      U_t = \mathrm{momentum}_\beta(G_t), \quad
+      B_t = \mathrm{clip}(U_t, \pm\epsilon_t), \quad
+      \Delta_t = \mathrm{NS}^{(m, n)}_K(B_t),
+
+    i.e. ``optax.chain(momentum(beta, ...), robust_clip(clip_quantile,
+    clip_threshold), adaptive_newton_schulz(ns_coeffs, ns_steps))``. With
+    ``clip_quantile=None`` and no ``clip_threshold`` the clip is left out (the
+    paper's plain AdaNewton form); with ``ns_coeffs="muon"`` and no clip this is
+    Muon's direction with the reference's undampened momentum.
+
+    Args:
+      beta: momentum coefficient, see :func:`momentum`.
+      nesterov: see :func:`momentum`.
+      mu_dtype: momentum buffer dtype, see :func:`momentum`.
+      clip_quantile: see :func:`robust_clip` (``quantile``); ``None`` disables
+        clipping unless ``clip_threshold`` is set.
+      clip_threshold: see :func:`robust_clip` (``threshold``).
+      ns_coeffs: see :func:`adaptive_newton_schulz`.
+      ns_steps: see :func:`adaptive_newton_schulz`.
+      ns_eps: Frobenius-norm epsilon of :func:`adaptive_newton_schulz`.
+      ns_dtype: Newton–Schulz compute dtype, see :func:`orthogonalize`.
+      weight_dimension_numbers: see :func:`adaptive_newton_schulz`.
+
+    Returns:
+      An :class:`optax.GradientTransformation` (an :func:`optax.chain`).
+
+    Examples:
+      >>> import jax.numpy as jnp, root_optax
+      >>> tx = root_optax.scale_by_root()
+      >>> u, _ = tx.update({"w": jnp.ones((4, 8))}, tx.init({"w": jnp.ones((4, 8))}))
+      >>> u["w"].shape
+      (4, 8)
+    """
+    steps = [_momentum.momentum(beta, nesterov=nesterov, mu_dtype=mu_dtype)]
+    if clip_quantile is not None or clip_threshold is not None:
+        steps.append(
+            _clipping.robust_clip(
+                clip_quantile,
+                clip_threshold,
+                weight_dimension_numbers=weight_dimension_numbers,
+            )
+        )
+    steps.append(
+        _newton_schulz.adaptive_newton_schulz(
+            ns_coeffs,
+            ns_steps,
+            ns_eps,
+            ns_dtype=ns_dtype,
+            weight_dimension_numbers=weight_dimension_numbers,
+        )
+    )
+    return optax.chain(*steps)
+
+
+def matrix_dimension_numbers(
+    adamw_names: Sequence[str] = (),
+    *,
+    stacked: bool = False,
+) -> Callable[[Any], Any]:
+    r"""Build a ``weight_dimension_numbers`` callable that routes by parameter path.
+
+    The callable maps a params tree to a tree of
+    :class:`optax.contrib.MuonDimensionNumbers` (matrix path) or ``None``
+    (AdamW in :func:`root`): a leaf goes to AdamW when any regular expression in
+    ``adamw_names`` matches its path (``jax.tree_util.keystr``, e.g.
+    ``"['embed']['embedding']"``, searched case-insensitively) or when it is not
+    a matrix: rank < 2, or rank > 2 unless ``stacked``, in which case the last
+    two axes are the matrix and leading axes are layers.
+
+    Args:
+      adamw_names: regular expressions for paths to send to AdamW, typically
+        ``("embed", "head", "norm")``.
+      stacked: treat rank > 2 leaves as stacks of matrices over their last two
+        axes (scan-over-layers models) instead of sending them to AdamW.
+
+    Returns:
+      A callable ``params -> tree`` to pass as ``weight_dimension_numbers``.
+
+    Examples:
+      >>> import jax.numpy as jnp, root_optax
+      >>> dims = root_optax.matrix_dimension_numbers(["embed"])
+      >>> dims({"embed": jnp.ones((9, 4)), "w": jnp.ones((4, 4)), "b": jnp.ones(4)})
+      {'b': None, 'embed': None, 'w': MuonDimensionNumbers(reduction_axis=0, output_axis=1)}
+    """
+    if isinstance(adamw_names, str):
+        adamw_names = (adamw_names,)
+    patterns = []
+    for name in adamw_names:
+        try:
+            patterns.append(re.compile(name, re.IGNORECASE))
+        except (re.error, TypeError) as err:
+            raise ValueError(
+                f"matrix_dimension_numbers(adamw_names=...) entries must be regular "
+                f"expressions, got {name!r}: {err}."
+            ) from None
+
+    def spec(path, leaf):
+        ndim = jax.numpy.ndim(leaf)
+        key = jax.tree_util.keystr(path)
+        if (
+            any(p.search(key) for p in patterns)
+            or ndim < 2
+            or (ndim > 2 and not stacked)
+        ):
+            return None
+        return MuonDimensionNumbers(-2, -1) if ndim > 2 else MuonDimensionNumbers()
+
+    def dimension_numbers(params):
+        return jax.tree_util.tree_map_with_path(spec, params)
+
+    return dimension_numbers
+
+
+def _labels(weight_dimension_numbers, params):
+    """'root' for matrix leaves, 'adamw' for the rest."""
+    if weight_dimension_numbers is None:
+        return jax.tree.map(
+            lambda x: "root" if jax.numpy.ndim(x) == 2 else "adamw", params
+        )
+    specs = _dimension_numbers.resolve(weight_dimension_numbers, params)
+    if isinstance(specs, MuonDimensionNumbers):
+        return jax.tree.map(lambda _: "root", params)
+    label_subtree = lambda spec, sub: jax.tree.map(
+        lambda _: "adamw" if spec is None else "root", sub
+    )
+    try:
+        return jax.tree.map(
+            label_subtree, specs, params, is_leaf=_dimension_numbers.is_spec_leaf
+        )
+    except ValueError as err:
+        raise ValueError(
+            "root(weight_dimension_numbers=...) must be a tree prefix of the params "
+            f"with MuonDimensionNumbers or None leaves, got {specs!r}. {err}"
+        ) from None
+
+
+def root(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    beta: jax.typing.ArrayLike = 0.95,
+    nesterov: bool = True,
+    ns_steps: int = 5,
+    ns_coeffs: _coefficients.CoefficientSpec = "root",
+    clip_quantile: jax.typing.ArrayLike | None = 0.9,
+    clip_threshold: jax.typing.ArrayLike | None = None,
+    weight_decay: jax.typing.ArrayLike = 0.1,
+    weight_decay_mask: Any | Callable[[optax.Params], Any] | None = None,
+    mu_dtype: jax.typing.DTypeLike | None = None,
+    adam_b1: jax.typing.ArrayLike = 0.9,
+    adam_b2: jax.typing.ArrayLike = 0.95,
+    adam_eps: jax.typing.ArrayLike = 1e-8,
+    adam_learning_rate: optax.ScalarOrSchedule | None = None,
+    adam_weight_decay: jax.typing.ArrayLike | None = None,
+    adam_nesterov: bool = False,
+    weight_dimension_numbers: _dimension_numbers.WeightDimensionNumbers = None,
+    shape_scale: _scaling.ShapeScale = "rms",
+    rms: jax.typing.ArrayLike = 0.2,
+    ns_eps: float = 1e-7,
+    ns_dtype: jax.typing.DTypeLike | None = None,
+    skip_nonfinite: bool = True,
+) -> optax.GradientTransformationExtraArgs:
+    r"""ROOT, the Robust Orthogonalized Optimizer, with AdamW for non-matrices.
+
+  Every matrix parameter :math:`W` (shape :math:`m \times n`) takes the step
+
+  .. math::
+    M_t &= \beta M_{t-1} + G_t, \qquad U_t = G_t + \beta M_t, \\
+    \epsilon_t &= \mathrm{quantile}(|U_t|, q) + 10^{-9}, \qquad
+    B_t = \mathrm{clip}(U_t, -\epsilon_t, \epsilon_t), \\
+    W &\leftarrow W (1 - \eta\lambda)
+      - \eta \cdot 0.2\sqrt{\max(m, n)} \cdot \mathrm{NS}^{(m, n)}_K(B_t),
+
+  with :math:`\beta` = ``beta``, :math:`q` = ``clip_quantile``,
+  :math:`\eta` = ``learning_rate``, :math:`\lambda` = ``weight_decay``,
+  :math:`K` = ``ns_steps`` and shape-dependent quintic Newton–Schulz
+  coefficients ``ns_coeffs``. Everything else (biases, norms, and any leaf
+  whose dimension numbers are ``None``) is trained by :func:`optax.adamw` with
+  its own ``adam_*`` hyperparameters. It is
+  ``optax.partition`` of ``chain(scale_by_root, scale_by_lr)`` and ``adamw``,
+  wrapped in :func:`skip_nonfinite` by default.
+
+  The defaults reproduce the authors' public code except ``ns_coeffs="root"``,
+  which avoids the reference's unstable square-shape entry; pass
+  ``ns_coeffs="reference"`` for exact reproduction, ``clip_quantile=None,
+  nesterov=False, shape_scale=None`` for the paper's plain form, and
+  ``clip_quantile=None, ns_coeffs="muon"`` for Muon.
+
+  Args:
+    learning_rate: :math:`\eta`, a float or an :class:`optax.Schedule`.
+    beta: momentum :math:`\beta`.
+    nesterov: Nesterov momentum for the matrix branch.
+    ns_steps: Newton–Schulz iterations :math:`K`.
+    ns_coeffs: ``"root"``, ``"reference"``, ``"muon"`` or a table, see
+      :func:`adaptive_newton_schulz`.
+    clip_quantile: :math:`q` in ``(0, 1]``, or ``None`` for no clipping.
+    clip_threshold: a fixed clip threshold instead of the quantile.
+    weight_decay: decoupled weight decay :math:`\lambda` (both branches unless
+      ``adam_weight_decay`` is given).
+    weight_decay_mask: as in :func:`optax.adamw`, for both branches.
+    mu_dtype: dtype of momentum buffers (both branches).
+    adam_b1: AdamW :math:`\beta_1`.
+    adam_b2: AdamW :math:`\beta_2`.
+    adam_eps: AdamW epsilon (not shared with Newton–Schulz).
+    adam_learning_rate: AdamW learning rate; ``None`` uses ``learning_rate``.
+    adam_weight_decay: AdamW weight decay; ``None`` uses ``weight_decay``.
+    adam_nesterov: Nesterov for AdamW (off, as in the reference).
+    weight_dimension_numbers: ``None`` (2-D leaves are matrices, everything
+      else AdamW), or a tree prefix / callable of
+      :class:`optax.contrib.MuonDimensionNumbers` with ``None`` for AdamW
+      leaves; see :func:`matrix_dimension_numbers` for routing by name.
+    shape_scale: ``"rms"``, ``"muon"`` or ``None``, see :func:`scale_by_lr`.
+    rms: the RMS factor of ``shape_scale="rms"``.
+    ns_eps: Frobenius-norm epsilon of Newton–Schulz.
+    ns_dtype: Newton–Schulz compute dtype, see :func:`orthogonalize`.
+    skip_nonfinite: skip steps with NaN/Inf gradients, see
+      :func:`skip_nonfinite`.
+
+  Returns:
+    An :class:`optax.GradientTransformationExtraArgs`.
+
+  Raises:
+    ValueError: an argument outside its domain (each message names it).
+    TypeError: an argument of the wrong type.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, root_optax
+    >>> params = {"w": jnp.ones((4, 8)), "b": jnp.zeros(8)}
+    >>> opt = root_optax.root(1e-2)
+    >>> state = opt.init(params)
+    >>> grads = jax.tree.map(jnp.ones_like, params)
+    >>> updates, state = opt.update(grads, state, params)
+    >>> params = optax.apply_updates(params, updates)
+
+  References:
+    He et al., `ROOT: Robust Orthogonalized Optimizer for Neural Network
+    Training <https://arxiv.org/abs/2511.20626>`_, 2025
+
+    Liu et al., `Muon is Scalable for LLM Training
+    <https://arxiv.org/abs/2502.16982>`_, 2025
+  """
+    fn = "root"
+    for name, value in (
+        ("nesterov", nesterov),
+        ("adam_nesterov", adam_nesterov),
+        ("skip_nonfinite", skip_nonfinite),
+    ):
+        if not isinstance(value, bool):
+            raise TypeError(f"{fn}({name}=...) must be a bool, got {name}={value!r}.")
+    ns_steps = _validation.check_positive_int(fn, "ns_steps", ns_steps)
+    _coefficients.check_spec(fn, ns_coeffs, ns_steps)
+    _validation.check_in_range(fn, "beta", beta, 0.0, 1.0, high_open=True)
+    if clip_threshold is not None:
+        _validation.check_in_range(
+            fn, "clip_threshold", clip_threshold, 0.0, float("inf")
+        )
+    elif clip_quantile is not None:
+        _validation.check_in_range(
+            fn, "clip_quantile", clip_quantile, 0.0, 1.0, low_open=True
+        )
+    for name, value in (("adam_b1", adam_b1), ("adam_b2", adam_b2)):
+        _validation.check_in_range(fn, name, value, 0.0, 1.0, high_open=True)
+    _validation.check_in_range(fn, "adam_eps", adam_eps, 0.0, float("inf"))
+    if not callable(learning_rate):
+        _validation.check_in_range(
+            fn, "learning_rate", learning_rate, 0.0, float("inf")
+        )
+    if (
+        weight_dimension_numbers is not None
+        and not callable(weight_dimension_numbers)
+        and not isinstance(weight_dimension_numbers, MuonDimensionNumbers)
+        and not jax.tree.leaves(
+            weight_dimension_numbers, is_leaf=_dimension_numbers.is_spec_leaf
+        )
+    ):
+        raise ValueError(
+            f"{fn}(weight_dimension_numbers=...) is an empty tree; pass None for "
+            "the default routing."
+        )
+    _validation.check_in_range(fn, "weight_decay", weight_decay, 0.0, float("inf"))
+    if adam_weight_decay is None:
+        adam_weight_decay = weight_decay
+    if adam_learning_rate is None:
+        adam_learning_rate = learning_rate
+
+    matrix_dims = (
+        MuonDimensionNumbers()
+        if weight_dimension_numbers is None
+        else weight_dimension_numbers
+    )
+    matrix_branch = optax.chain(
+        scale_by_root(
+            beta,
+            nesterov=nesterov,
+            mu_dtype=mu_dtype,
+            clip_quantile=clip_quantile,
+            clip_threshold=clip_threshold,
+            ns_coeffs=ns_coeffs,
+            ns_steps=ns_steps,
+            ns_eps=ns_eps,
+            ns_dtype=ns_dtype,
+            weight_dimension_numbers=matrix_dims,
+        ),
+        _scaling.scale_by_lr(
+            learning_rate,
+            shape_scale=shape_scale,
+            rms=rms,
+            weight_decay=weight_decay,
+            weight_decay_mask=weight_decay_mask,
+            weight_dimension_numbers=matrix_dims,
+        ),
+    )
+    adamw_branch = optax.adamw(
+        adam_learning_rate,
+        b1=adam_b1,
+        b2=adam_b2,
+        eps=adam_eps,
+        weight_decay=adam_weight_decay,
+        mask=weight_decay_mask,
+        mu_dtype=mu_dtype,
+        nesterov=adam_nesterov,
+    )
+    tx = optax.partition(
+        {"root": matrix_branch, "adamw": adamw_branch},
+        lambda params: _labels(weight_dimension_numbers, params),
+    )
+    if skip_nonfinite:
+        return _nonfinite.skip_nonfinite(tx)
+    return optax.with_extra_args_support(tx)
