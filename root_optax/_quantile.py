@@ -86,4 +86,5 @@ def abs_quantile(x: jax.Array, q: jax.typing.ArrayLike) -> jax.Array:
     ties = jnp.sum(bits <= lo_bits, dtype=count_dtype) > k + 1
     above = jnp.min(jnp.where(bits > lo_bits, x, jnp.asarray(jnp.inf, dtype)))
     hi = jnp.where(ties | (k + 1 >= num), lo, above)
-    return lo + frac * (hi - lo)
+    # hi == lo also covers lo == inf, where lo + 0 * (inf - inf) would be NaN.
+    return jnp.where(hi == lo, lo, lo + frac * (hi - lo))

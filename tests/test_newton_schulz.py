@@ -1,0 +1,148 @@
+"""Newton–Schulz: exact agreement with the SVD form, orientation, batching, dtypes."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from optax.contrib import MuonDimensionNumbers
+
+import root_optax
+from root_optax import MUON_COEFFICIENTS, REFERENCE_TABLE, orthogonalize
+
+
+def svd_newton_schulz(x, coeffs, eps=1e-7):
+    """Ground truth in float64: the iteration acts on singular values only."""
+    x = np.asarray(x, np.float64)
+    u, s, vt = np.linalg.svd(x, full_matrices=False)
+    s = s / (np.linalg.norm(x) + eps)
+    for a, b, c in coeffs:
+        s = a * s + b * s**3 + c * s**5
+    return (u * s) @ vt
+
+
+def polar(x):
+    u, _, vt = np.linalg.svd(np.asarray(x, np.float64), full_matrices=False)
+    return u @ vt
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (12, 40), (40, 12)])
+def test_equals_svd_rendering_in_float64(rng, x64, shape):
+    x = rng.standard_normal(shape)
+    coeffs = [MUON_COEFFICIENTS] * 5
+    got = orthogonalize(jnp.asarray(x), "muon", 5)
+    assert got.dtype == jnp.float64
+    np.testing.assert_allclose(got, svd_newton_schulz(x, coeffs), rtol=0, atol=1e-11)
+
+
+def test_per_iteration_coefficients(rng, x64):
+    x = rng.standard_normal((20, 30))
+    table = [(4.0, -6.0, 2.9), (3.5, -5.0, 2.3), (2.9, -3.1, 1.2)]
+    got = orthogonalize(jnp.asarray(x), table, ns_steps=3)
+    np.testing.assert_allclose(got, svd_newton_schulz(x, table), atol=1e-11)
+
+
+def test_converges_to_polar_factor(rng, x64):
+    x = rng.standard_normal((24, 36)) + 3 * np.eye(24, 36)
+    got = orthogonalize(jnp.asarray(x), (1.5, -0.5, 0.0), ns_steps=60)
+    np.testing.assert_allclose(got, polar(x), atol=1e-10)
+
+
+def test_float32_close_to_float64_truth(rng):
+    x = rng.standard_normal((64, 256)).astype(np.float32)
+    got = orthogonalize(x, "muon")
+    assert got.dtype == jnp.float32
+    want = svd_newton_schulz(x, [MUON_COEFFICIENTS] * 5)
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-5
+
+
+def test_tall_is_transpose_of_wide(rng):
+    x = rng.standard_normal((48, 16)).astype(np.float32)
+    np.testing.assert_allclose(orthogonalize(x), orthogonalize(x.T).T, atol=1e-6)
+
+
+def test_batch_is_per_slice(rng):
+    x = rng.standard_normal((3, 2, 16, 24)).astype(np.float32)
+    got = orthogonalize(x)
+    for i in range(3):
+        for j in range(2):
+            np.testing.assert_allclose(got[i, j], orthogonalize(x[i, j]), atol=1e-6)
+
+
+def test_bfloat16_input_and_compute(rng):
+    x = rng.standard_normal((32, 64)).astype(np.float32)
+    x_bf16 = jnp.asarray(x, jnp.bfloat16)
+    want = svd_newton_schulz(np.asarray(x_bf16, np.float32), [MUON_COEFFICIENTS] * 5)
+    # bf16 input: computed in float32 by default, rounded to bf16 on the way out.
+    out_bf16 = orthogonalize(x_bf16)
+    assert out_bf16.dtype == jnp.bfloat16
+    err = np.linalg.norm(np.asarray(out_bf16, np.float64) - want) / np.linalg.norm(want)
+    assert err < 1e-2
+    # bf16 compute on request (float32 accumulation): looser but sane.
+    low = orthogonalize(x_bf16.astype(jnp.float32), ns_dtype=jnp.bfloat16)
+    assert low.dtype == jnp.float32
+    err = np.linalg.norm(np.asarray(low, np.float64) - want) / np.linalg.norm(want)
+    assert err < 1e-1
+
+
+def test_float32_is_never_downcast():
+    x = jnp.ones((8, 8), jnp.float32)
+    hlo = jax.jit(orthogonalize).lower(x).as_text()
+    assert "bf16" not in hlo and "f16" not in hlo
+
+
+def test_reference_square_entry_amplifies_singular_values():
+    # One direction holding a normalized singular value of 0.559 (the band the
+    # reference's (2048, 2048) quintic sends to ~3.3 in five steps).
+    n = 64
+    s = np.full(n, np.sqrt((1 - 0.559**2) / (n - 1)))
+    s[0] = 0.559
+    q1, _ = np.linalg.qr(np.random.default_rng(1).standard_normal((n, n)))
+    q2, _ = np.linalg.qr(np.random.default_rng(2).standard_normal((n, n)))
+    x = (q1 * s) @ q2.T
+    square = REFERENCE_TABLE[(2048, 2048)]
+    top = np.linalg.svd(np.asarray(orthogonalize(x, square), np.float64))[1][0]
+    assert top > 3.0
+    top_muon = np.linalg.svd(np.asarray(orthogonalize(x, "muon"), np.float64))[1][0]
+    assert top_muon < 1.21
+
+
+def test_rank_one_input_comes_out_near_one(rng):
+    x = np.outer(rng.standard_normal(32), rng.standard_normal(48)).astype(np.float32)
+    for coeffs in ("root", "muon", REFERENCE_TABLE[(2048, 8192)]):
+        top = np.linalg.svd(np.asarray(orthogonalize(x, coeffs), np.float64))[1][0]
+        assert 0.65 < top < 1.25, coeffs
+
+
+def test_transform_uses_each_slice_shape(rng):
+    table = {(16, 24): (2.0, -1.5, 0.5), (8, 8): MUON_COEFFICIENTS}
+    tx = root_optax.adaptive_newton_schulz(table)
+    tree = {
+        "stacked": rng.standard_normal((3, 24, 16)).astype(np.float32),
+        "square": rng.standard_normal((8, 8)).astype(np.float32),
+    }
+    out, _ = jax.jit(tx.update)(tree, tx.init(tree))
+    np.testing.assert_allclose(
+        out["stacked"][1],
+        orthogonalize(tree["stacked"][1], (2.0, -1.5, 0.5)),
+        atol=1e-5,
+    )
+    np.testing.assert_allclose(
+        out["square"], orthogonalize(tree["square"], "muon"), atol=1e-5
+    )
+
+
+def test_dimension_numbers_group_axes(rng):
+    kernel = rng.standard_normal((3, 4, 5, 6)).astype(np.float32)  # (h, w, in, out)
+    dims = MuonDimensionNumbers(reduction_axis=(0, 1, 2), output_axis=3)
+    tx = root_optax.adaptive_newton_schulz(weight_dimension_numbers=dims)
+    out, _ = tx.update(kernel, tx.init(kernel))
+    want = orthogonalize(kernel.reshape(60, 6)).reshape(3, 4, 5, 6)
+    np.testing.assert_allclose(out, want, atol=1e-6)
+
+
+def test_none_dimension_numbers_pass_through(rng):
+    tree = {"w": rng.standard_normal((4, 6)).astype(np.float32), "b": np.ones(6)}
+    dims = {"w": MuonDimensionNumbers(), "b": None}
+    tx = root_optax.adaptive_newton_schulz(weight_dimension_numbers=dims)
+    out, _ = tx.update(tree, tx.init(tree))
+    np.testing.assert_array_equal(out["b"], tree["b"])
