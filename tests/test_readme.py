@@ -20,7 +20,7 @@ def test_quickstart_runs_and_reduces_loss(capsys):
     namespace = {}
     # User code broadcasts freely; strict rank promotion is for our kernels.
     with jax.numpy_rank_promotion("allow"):
-        exec(compile(quickstart, str(README), "exec"), namespace)
+        exec(compile(quickstart, str(README), "exec"), namespace)  # noqa: S102
         first = float(jnp.mean(namespace["y"] ** 2))  # loss at w2 = 0
     printed = capsys.readouterr().out
     final = float(re.search(r"final loss ([0-9.]+)", printed).group(1))
