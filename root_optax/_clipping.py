@@ -54,18 +54,38 @@ def robust_clip(
       >>> u.tolist()
       [[0.5, -1.0], [1.0, 0.10000000149011612]]
     """
-    fn = "robust_clip"
-    if threshold is None:
-        if quantile is None:
-            raise ValueError(
-                f"{fn}() needs quantile or threshold, got quantile=None and "
-                "threshold=None. To skip clipping, leave robust_clip out of the chain "
-                "(root(clip_quantile=None) does that)."
-            )
-        _validation.check_in_range(fn, "quantile", quantile, 0.0, 1.0, low_open=True)
-    else:
-        _validation.check_in_range(fn, "threshold", threshold, 0.0, float("inf"))
-    _validation.check_in_range(fn, "offset", offset, 0.0, float("inf"))
+    check_args("robust_clip", quantile, threshold, offset)
+    return clip_transform(
+        "robust_clip", quantile, threshold, offset, weight_dimension_numbers
+    )
+
+
+def check_args(
+    fn: str,
+    quantile,
+    threshold,
+    offset=1e-9,
+    *,
+    names: tuple[str, str] = ("quantile", "threshold"),
+) -> None:
+    """Validate :func:`robust_clip`'s arguments, reported as ``fn(name=...)``."""
+    if quantile is None and threshold is None:
+        raise ValueError(
+            f"{fn}() needs {names[0]} or {names[1]}, got {names[0]}=None and "
+            f"{names[1]}=None. To skip clipping, leave robust_clip out of the "
+            "chain (root(clip_quantile=None) does that)."
+        )
+    if quantile is not None:
+        _validation.check_unit_interval(fn, names[0], quantile, closed_low=False)
+    if threshold is not None:
+        _validation.check_non_negative(fn, names[1], threshold)
+    _validation.check_non_negative(fn, "offset", offset)
+
+
+def clip_transform(
+    fn: str, quantile, threshold, offset, weight_dimension_numbers
+) -> optax.GradientTransformation:
+    """:func:`robust_clip` without argument checks; errors name ``fn``."""
 
     def clip_leaf(u, view):
         if threshold is not None:
@@ -76,6 +96,10 @@ def robust_clip(
         eps = (eps + offset).astype(u.dtype)[:, None]
         return view.from_batch(jnp.clip(batch, -eps, eps)).astype(u.dtype)
 
+    def init_fn(params):
+        _dimension_numbers.check_fits(params, weight_dimension_numbers, fn)
+        return optax.EmptyState()
+
     def update_fn(updates, state, params=None):
         del params
         updates = _dimension_numbers.map_matrices(
@@ -83,4 +107,4 @@ def robust_clip(
         )
         return updates, state
 
-    return optax.GradientTransformation(optax.init_empty_state, update_fn)
+    return optax.GradientTransformation(init_fn, update_fn)

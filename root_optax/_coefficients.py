@@ -38,29 +38,32 @@ CoefficientSpec = (
 
 
 def _as_steps(fn: str, value, ns_steps: int, what: str) -> np.ndarray:
-    """Coefficients as a float64 ``(ns_steps, 3)`` array, or a clear error."""
+    """Coefficients as a float64 ``(ns_steps, 3)`` array, or a clear error.
+
+    ``what`` says which coefficients these are (e.g. ``" for shape (4, 8)"``).
+    """
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
         raise ValueError(
-            f"{fn}(ns_coeffs=...) {what} must be an (a, b, c) triple or a sequence"
+            f"{fn}(ns_coeffs=...){what} must be an (a, b, c) triple or a sequence"
             f" of ns_steps={ns_steps} triples, got {value!r}."
         ) from None
     if arr.shape == (3,):
         arr = np.tile(arr, (ns_steps, 1))
     if arr.ndim != 2 or arr.shape[1] != 3:
         raise ValueError(
-            f"{fn}(ns_coeffs=...) {what} must have shape (3,) or (ns_steps, 3), got "
+            f"{fn}(ns_coeffs=...){what} must have shape (3,) or (ns_steps, 3), got "
             f"shape {arr.shape} from {value!r}."
         )
     if arr.shape[0] != ns_steps:
         raise ValueError(
-            f"{fn}(ns_coeffs=...) {what} has {arr.shape[0]} per-iteration triples "
+            f"{fn}(ns_coeffs=...){what} has {arr.shape[0]} per-iteration triples "
             f"but ns_steps={ns_steps}; pass ns_steps={arr.shape[0]} or a matching "
             "table (nothing is silently truncated or repeated)."
         )
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{fn}(ns_coeffs=...) {what} must be finite, got {value!r}.")
+        raise ValueError(f"{fn}(ns_coeffs=...){what} must be finite, got {value!r}.")
     return arr
 
 
@@ -84,7 +87,7 @@ def check_spec(fn: str, ns_coeffs: CoefficientSpec, ns_steps: int) -> None:
                     f"{fn}(ns_coeffs=...) mapping keys must be (min, max) int pairs, got"
                     f" {key!r}."
                 )
-            _as_steps(fn, value, ns_steps, f"entry {key}")
+            _as_steps(fn, value, ns_steps, f" entry {key}")
     elif not callable(ns_coeffs):
         _as_steps(fn, ns_coeffs, ns_steps, "")
 
@@ -119,4 +122,4 @@ def coefficients_for_shape(
         value = ns_coeffs(key, ns_steps)
     else:
         value = ns_coeffs
-    return _as_steps(fn, value, ns_steps, f"for shape {key}")
+    return _as_steps(fn, value, ns_steps, f" for shape {key}")

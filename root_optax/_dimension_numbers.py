@@ -23,46 +23,50 @@ def is_spec_leaf(x: Any) -> bool:
     return x is None or isinstance(x, (MuonDimensionNumbers, optax.MaskedNode))
 
 
-def _normalize_axes(axes, ndim: int, where: str) -> tuple[int, ...]:
+def _where(fn: str) -> str:
+    return f"{fn}(weight_dimension_numbers=...)"
+
+
+def _normalize_axes(axes, shape: tuple[int, ...], fn: str) -> tuple[int, ...]:
+    ndim = len(shape)
     axes = (axes,) if isinstance(axes, int) else tuple(axes)
     for ax in axes:
         if not isinstance(ax, int) or not -ndim <= ax < ndim:
             raise ValueError(
-                f"{where}: axis {ax!r} is out of range for a leaf of rank {ndim}."
+                f"{_where(fn)}: axis {ax!r} is out of range for a leaf of shape "
+                f"{shape} (rank {ndim})."
             )
     return tuple(ax % ndim for ax in axes)
 
 
 class MatrixView:
-    """How one leaf is viewed as a batch of matrices of shape (reduction, output)."""
+    """How one leaf is viewed as a batch of matrices of shape (fan_in, fan_out)."""
 
-    def __init__(self, shape: tuple[int, ...], spec: MuonDimensionNumbers, where: str):
+    def __init__(self, shape: tuple[int, ...], spec: MuonDimensionNumbers, fn: str):
+        shape = tuple(shape)
         ndim = len(shape)
-        if ndim < 2:
-            raise ValueError(
-                f"{where}: got a leaf of shape {shape} (rank {ndim}); the matrix path "
-                "needs rank >= 2. Route vectors and scalars elsewhere: root() sends "
-                "them to AdamW, or pass weight_dimension_numbers with None for them."
-            )
         if not isinstance(spec, MuonDimensionNumbers):
             raise TypeError(
-                f"{where}: expected optax.contrib.MuonDimensionNumbers, got {spec!r}."
+                f"{_where(fn)}: expected optax.contrib.MuonDimensionNumbers or None "
+                f"for a leaf of shape {shape}, got {spec!r}."
             )
-        red = _normalize_axes(spec.reduction_axis, ndim, where)
-        out = _normalize_axes(spec.output_axis, ndim, where)
-        if (
-            not red
-            or not out
-            or set(red) & set(out)
-            or len(set(red + out)) != len(red + out)
-        ):
+        if ndim < 2:
             raise ValueError(
-                f"{where}: reduction_axis={spec.reduction_axis!r} and "
+                f"{_where(fn)}: got a leaf of shape {shape} (rank {ndim}); the "
+                "matrix path needs rank >= 2. Route vectors and scalars elsewhere: "
+                "give them None in weight_dimension_numbers (root() then trains "
+                "them with AdamW)."
+            )
+        red = _normalize_axes(spec.reduction_axis, shape, fn)
+        out = _normalize_axes(spec.output_axis, shape, fn)
+        if not red or not out or len(set(red + out)) != len(red + out):
+            raise ValueError(
+                f"{_where(fn)}: reduction_axis={spec.reduction_axis!r} and "
                 f"output_axis={spec.output_axis!r} must be non-empty, distinct and "
                 f"disjoint for a leaf of shape {shape}."
             )
         batch = tuple(ax for ax in range(ndim) if ax not in red + out)
-        self.shape = tuple(shape)
+        self.shape = shape
         self.transpose = batch + red + out
         self.inverse = tuple(sorted(range(ndim), key=lambda i: self.transpose[i]))
         self.fan_in = math.prod(shape[ax] for ax in red)
@@ -94,43 +98,52 @@ def map_matrices(
     fn: Callable[[jax.Array, MatrixView], Any],
     tree: Any,
     dimension_numbers: WeightDimensionNumbers,
-    where: str,
-    *rest: Any,
+    caller: str,
 ) -> Any:
-    """Apply ``fn(leaf, view, *rest_leaves)`` to every matrix leaf of ``tree``.
+    """Apply ``fn(leaf, view)`` to every matrix leaf of ``tree``.
 
     With ``dimension_numbers=None`` every leaf is a matrix over its last two axes
     (leading axes are batch axes). Leaves whose spec is ``None`` and
-    :class:`optax.MaskedNode` leaves are returned unchanged.
+    :class:`optax.MaskedNode` leaves are returned unchanged. Errors name
+    ``caller``.
     """
     specs = resolve(dimension_numbers, tree)
     if specs is None:
-        specs = jax.tree.map(lambda _: LAST_TWO_AXES, tree)
-    elif isinstance(specs, MuonDimensionNumbers):
+        specs = LAST_TWO_AXES
+    if isinstance(specs, MuonDimensionNumbers):
         specs = jax.tree.map(lambda _: specs, tree)
 
-    def per_subtree(spec, subtree, *rest_subtrees):
+    def per_subtree(spec, subtree):
         if spec is None or isinstance(spec, optax.MaskedNode):
             return subtree
 
-        def per_leaf(x, *rest_leaves):
+        def per_leaf(x):
             if x is None or isinstance(x, optax.MaskedNode):
                 return x
-            return fn(x, MatrixView(jnp.shape(x), spec, where), *rest_leaves)
+            return fn(x, MatrixView(jnp.shape(x), spec, caller))
 
         return jax.tree.map(
             per_leaf,
             subtree,
-            *rest_subtrees,
             is_leaf=lambda x: x is None or isinstance(x, optax.MaskedNode),
         )
 
     try:
-        return jax.tree.map(per_subtree, specs, tree, *rest, is_leaf=is_spec_leaf)
-    except ValueError as err:
-        if "Custom node type mismatch" in str(err) or "structure" in str(err):
-            raise ValueError(
-                f"{where}: weight_dimension_numbers does not fit the updates tree: "
-                f"it must be a prefix of it (got {specs!r}). {err}"
-            ) from None
-        raise
+        structure_ok = True
+        jax.tree.map(lambda *_: None, specs, tree, is_leaf=is_spec_leaf)
+    except (ValueError, TypeError) as err:
+        structure_ok, reason = False, err
+    if not structure_ok:
+        raise ValueError(
+            f"{_where(caller)} must be a tree prefix of the params/updates with "
+            f"MuonDimensionNumbers or None leaves, got {specs!r}. {reason}"
+        ) from None
+    return jax.tree.map(per_subtree, specs, tree, is_leaf=is_spec_leaf)
+
+
+def check_fits(
+    tree: Any, dimension_numbers: WeightDimensionNumbers, caller: str
+) -> None:
+    """Raise now (at ``init``) if the spec does not fit ``tree``'s shapes."""
+    if tree is not None:
+        map_matrices(lambda x, view: x, tree, dimension_numbers, caller)

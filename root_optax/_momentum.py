@@ -52,10 +52,19 @@ def momentum(
     >>> u.tolist()  # g + beta * (beta * 0 + g)
     [1.5, 1.5]
   """
-    _validation.check_in_range("momentum", "beta", beta, 0.0, 1.0, high_open=True)
-    if not isinstance(nesterov, bool):
-        raise TypeError(f"momentum(nesterov=...) must be a bool, got {nesterov!r}.")
-    mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+    mu_dtype = check_args("momentum", beta, nesterov, mu_dtype)
+    return momentum_transform(beta, nesterov, mu_dtype)
+
+
+def check_args(fn: str, beta, nesterov, mu_dtype):
+    """Validate :func:`momentum`'s arguments for ``fn``; returns ``mu_dtype``."""
+    _validation.check_unit_interval(fn, "beta", beta, closed_low=True)
+    _validation.check_bool(fn, "nesterov", nesterov)
+    return _validation.check_float_dtype(fn, "mu_dtype", mu_dtype)
+
+
+def momentum_transform(beta, nesterov: bool, mu_dtype) -> optax.GradientTransformation:
+    """:func:`momentum` without argument checks."""
 
     def init_fn(params):
         return MomentumState(mu=optax.tree.zeros_like(params, dtype=mu_dtype))

@@ -10,21 +10,24 @@ import optax
 from root_optax import _coefficients, _dimension_numbers, _validation
 
 _LOW_PRECISION = (jnp.bfloat16, jnp.float16)
+DEFAULT_STEPS = 5
 
 
-def _compute_dtype(fn: str, x_dtype, ns_dtype) -> np.dtype:
+def _compute_dtype(x_dtype, ns_dtype) -> np.dtype:
     """Newton–Schulz runs in ``ns_dtype``, by default never below float32."""
     if ns_dtype is None:
         return np.dtype(jnp.promote_types(x_dtype, jnp.float32))
-    ns_dtype = np.dtype(ns_dtype)
-    if ns_dtype not in (
-        np.dtype(d) for d in (jnp.bfloat16, jnp.float16, np.float32, np.float64)
-    ):
-        raise TypeError(
-            f"{fn}(ns_dtype=...) must be a floating dtype (bfloat16, float16, float32"
-            f" or float64) or None, got ns_dtype={ns_dtype}."
-        )
-    return ns_dtype
+    return np.dtype(ns_dtype)
+
+
+def check_args(fn: str, ns_coeffs, ns_steps, eps, ns_dtype, *, eps_name="eps"):
+    """Validate the Newton–Schulz arguments for ``fn``; returns the canonical
+    ``(ns_steps, ns_dtype)``."""
+    ns_steps = _validation.check_positive_int(fn, "ns_steps", ns_steps, DEFAULT_STEPS)
+    _coefficients.check_spec(fn, ns_coeffs, ns_steps)
+    _validation.check_non_negative(fn, eps_name, eps)
+    ns_dtype = _validation.check_float_dtype(fn, "ns_dtype", ns_dtype)
+    return ns_steps, ns_dtype
 
 
 def _matmul(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -43,7 +46,9 @@ def _newton_schulz_2d(
         x = x.T
     norm_dtype = jnp.promote_types(compute_dtype, jnp.float32)
     x32 = x.astype(norm_dtype)
-    x = (x32 / (jnp.sqrt(jnp.sum(x32 * x32)) + eps)).astype(compute_dtype)
+    denom = jnp.sqrt(jnp.sum(x32 * x32)) + eps
+    # A zero matrix stays zero even with eps=0 (instead of 0/0 = NaN).
+    x = (x32 / jnp.where(denom > 0, denom, 1)).astype(compute_dtype)
     # A short static loop: each step has its own coefficients, baked in as
     # constants, and unrolling lets XLA schedule across steps (as Muon does).
     for a, b, c in coeffs.tolist():
@@ -63,7 +68,7 @@ def _orthogonalize_batch(
 def orthogonalize(
     x: jax.Array,
     ns_coeffs: _coefficients.CoefficientSpec = "root",
-    ns_steps: int = 5,
+    ns_steps: int | None = None,
     eps: float = 1e-7,
     *,
     ns_dtype: jax.typing.DTypeLike | None = None,
@@ -105,15 +110,13 @@ def orthogonalize(
       True
     """
     fn = "orthogonalize"
-    ns_steps = _validation.check_positive_int(fn, "ns_steps", ns_steps)
-    _coefficients.check_spec(fn, ns_coeffs, ns_steps)
-    _validation.check_in_range(fn, "eps", eps, 0.0, float("inf"))
+    ns_steps, ns_dtype = check_args(fn, ns_coeffs, ns_steps, eps, ns_dtype)
     x = jnp.asarray(x)
     if x.ndim < 2:
         raise ValueError(
             f"{fn}(x=...) must have rank >= 2 (..., m, n), got shape {x.shape}."
         )
-    compute_dtype = _compute_dtype(fn, x.dtype, ns_dtype)
+    compute_dtype = _compute_dtype(x.dtype, ns_dtype)
     coeffs = _coefficients.coefficients_for_shape(fn, ns_coeffs, x.shape[-2:], ns_steps)
     flat = x.reshape((-1,) + x.shape[-2:])
     out = _orthogonalize_batch(flat, coeffs, eps, compute_dtype)
@@ -122,7 +125,7 @@ def orthogonalize(
 
 def adaptive_newton_schulz(
     ns_coeffs: _coefficients.CoefficientSpec = "root",
-    ns_steps: int = 5,
+    ns_steps: int | None = None,
     eps: float = 1e-7,
     *,
     ns_dtype: jax.typing.DTypeLike | None = None,
@@ -165,18 +168,37 @@ def adaptive_newton_schulz(
       (3, 3)
     """
     fn = "adaptive_newton_schulz"
-    ns_steps = _validation.check_positive_int(fn, "ns_steps", ns_steps)
-    _coefficients.check_spec(fn, ns_coeffs, ns_steps)
-    _validation.check_in_range(fn, "eps", eps, 0.0, float("inf"))
-    _compute_dtype(fn, jnp.float32, ns_dtype)
+    ns_steps, ns_dtype = check_args(fn, ns_coeffs, ns_steps, eps, ns_dtype)
+    return newton_schulz_transform(
+        fn, ns_coeffs, ns_steps, eps, ns_dtype, weight_dimension_numbers
+    )
 
-    def orthogonalize_leaf(u, view):
-        compute_dtype = _compute_dtype(fn, u.dtype, ns_dtype)
-        coeffs = _coefficients.coefficients_for_shape(
+
+def newton_schulz_transform(
+    fn: str, ns_coeffs, ns_steps: int, eps, ns_dtype, weight_dimension_numbers
+) -> optax.GradientTransformation:
+    """:func:`adaptive_newton_schulz` without argument checks; errors name ``fn``."""
+
+    def coefficients(view):
+        return _coefficients.coefficients_for_shape(
             fn, ns_coeffs, view.matrix_shape, ns_steps
         )
-        out = _orthogonalize_batch(view.to_batch(u), coeffs, eps, compute_dtype)
+
+    def orthogonalize_leaf(u, view):
+        compute_dtype = _compute_dtype(u.dtype, ns_dtype)
+        out = _orthogonalize_batch(
+            view.to_batch(u), coefficients(view), eps, compute_dtype
+        )
         return view.from_batch(out).astype(u.dtype)
+
+    def init_fn(params):
+        _dimension_numbers.check_fits(params, weight_dimension_numbers, fn)
+        if params is not None and not isinstance(ns_coeffs, str):
+            # User tables and callables are checked for every shape now.
+            _dimension_numbers.map_matrices(
+                lambda x, view: coefficients(view), params, weight_dimension_numbers, fn
+            )
+        return optax.EmptyState()
 
     def update_fn(updates, state, params=None):
         del params
@@ -185,4 +207,4 @@ def adaptive_newton_schulz(
         )
         return updates, state
 
-    return optax.GradientTransformation(optax.init_empty_state, update_fn)
+    return optax.GradientTransformation(init_fn, update_fn)

@@ -57,6 +57,13 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
       ([0.0, 0.0], 1)
     """
 
+    if not isinstance(inner, optax.GradientTransformation):
+        raise TypeError(
+            "skip_nonfinite(inner=...) must be an optax.GradientTransformation, got "
+            f"inner={inner!r}. Pass a built optimizer, e.g. optax.adam(1e-3), not "
+            "the factory."
+        )
+
     def init_fn(params):
         return SkipNonfiniteState(
             inner_state=inner.init(params),

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from root_optax import _validation
+
 # Non-negative IEEE floats order like their bit patterns read as signed integers,
 # so the k-th smallest |x| is found by bisection over integers: one counting
 # reduction per bit (31 for float32, 63 for float64). Each pass is a fused
@@ -67,7 +69,8 @@ def abs_quantile(x: jax.Array, q: jax.typing.ArrayLike) -> jax.Array:
         raise TypeError(f"abs_quantile(x) needs a floating dtype, got x.dtype={dtype}.")
     int_dtype, num_bits = _INT_OF_FLOAT[dtype]
     num = x.size
-    if isinstance(q, (int, float)):
+    if _validation.is_static_number(q):
+        _validation.check_in_range("abs_quantile", "q", q, 0.0, 1.0)
         position = float(q) * (num - 1)
         k = int(np.floor(position))
         frac = jnp.asarray(position - k, dtype)

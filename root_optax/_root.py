@@ -11,6 +11,7 @@ import optax
 from optax.contrib import MuonDimensionNumbers
 
 from root_optax import (
+    _adamw,
     _clipping,
     _coefficients,
     _dimension_numbers,
@@ -30,7 +31,7 @@ def scale_by_root(
     clip_quantile: jax.typing.ArrayLike | None = 0.9,
     clip_threshold: jax.typing.ArrayLike | None = None,
     ns_coeffs: _coefficients.CoefficientSpec = "root",
-    ns_steps: int = 5,
+    ns_steps: int | None = None,
     ns_eps: float = 1e-7,
     ns_dtype: jax.typing.DTypeLike | None = None,
     weight_dimension_numbers: _dimension_numbers.WeightDimensionNumbers = None,
@@ -71,22 +72,82 @@ def scale_by_root(
       >>> u["w"].shape
       (4, 8)
     """
-    steps = [_momentum.momentum(beta, nesterov=nesterov, mu_dtype=mu_dtype)]
+    fn = "scale_by_root"
+    mu_dtype, ns_steps, ns_dtype = _check_direction_args(
+        fn,
+        beta,
+        nesterov,
+        mu_dtype,
+        clip_quantile,
+        clip_threshold,
+        ns_coeffs,
+        ns_steps,
+        ns_eps,
+        ns_dtype,
+    )
+    return _direction(
+        fn,
+        beta,
+        nesterov,
+        mu_dtype,
+        clip_quantile,
+        clip_threshold,
+        ns_coeffs,
+        ns_steps,
+        ns_eps,
+        ns_dtype,
+        weight_dimension_numbers,
+    )
+
+
+def _check_direction_args(
+    fn,
+    beta,
+    nesterov,
+    mu_dtype,
+    clip_quantile,
+    clip_threshold,
+    ns_coeffs,
+    ns_steps,
+    ns_eps,
+    ns_dtype,
+):
+    """Validate :func:`scale_by_root`'s arguments under ``fn``'s names."""
+    mu_dtype = _momentum.check_args(fn, beta, nesterov, mu_dtype)
+    if clip_quantile is not None or clip_threshold is not None:
+        _clipping.check_args(
+            fn, clip_quantile, clip_threshold, names=("clip_quantile", "clip_threshold")
+        )
+    ns_steps, ns_dtype = _newton_schulz.check_args(
+        fn, ns_coeffs, ns_steps, ns_eps, ns_dtype, eps_name="ns_eps"
+    )
+    return mu_dtype, ns_steps, ns_dtype
+
+
+def _direction(
+    fn,
+    beta,
+    nesterov,
+    mu_dtype,
+    clip_quantile,
+    clip_threshold,
+    ns_coeffs,
+    ns_steps,
+    ns_eps,
+    ns_dtype,
+    weight_dimension_numbers,
+):
+    """momentum -> robust clip -> AdaNewton, with validated arguments."""
+    steps = [_momentum.momentum_transform(beta, nesterov, mu_dtype)]
     if clip_quantile is not None or clip_threshold is not None:
         steps.append(
-            _clipping.robust_clip(
-                clip_quantile,
-                clip_threshold,
-                weight_dimension_numbers=weight_dimension_numbers,
+            _clipping.clip_transform(
+                fn, clip_quantile, clip_threshold, 1e-9, weight_dimension_numbers
             )
         )
     steps.append(
-        _newton_schulz.adaptive_newton_schulz(
-            ns_coeffs,
-            ns_steps,
-            ns_eps,
-            ns_dtype=ns_dtype,
-            weight_dimension_numbers=weight_dimension_numbers,
+        _newton_schulz.newton_schulz_transform(
+            fn, ns_coeffs, ns_steps, ns_eps, ns_dtype, weight_dimension_numbers
         )
     )
     return optax.chain(*steps)
@@ -122,16 +183,23 @@ def matrix_dimension_numbers(
       >>> dims({"embed": jnp.ones((9, 4)), "w": jnp.ones((4, 4)), "b": jnp.ones(4)})
       {'b': None, 'embed': None, 'w': MuonDimensionNumbers(reduction_axis=0, output_axis=1)}
     """
+    fn = "matrix_dimension_numbers"
+    _validation.check_bool(fn, "stacked", stacked)
     if isinstance(adamw_names, str):
         adamw_names = (adamw_names,)
+    if not isinstance(adamw_names, Sequence):
+        raise TypeError(
+            f"{fn}(adamw_names=...) must be a sequence of regular expressions, got "
+            f"adamw_names={adamw_names!r}."
+        )
     patterns = []
     for name in adamw_names:
         try:
             patterns.append(re.compile(name, re.IGNORECASE))
         except (re.error, TypeError) as err:
             raise ValueError(
-                f"matrix_dimension_numbers(adamw_names=...) entries must be regular "
-                f"expressions, got {name!r}: {err}."
+                f"{fn}(adamw_names=...) entries must be regular expressions, got "
+                f"{name!r}: {err}."
             ) from None
 
     def spec(path, leaf):
@@ -152,26 +220,23 @@ def matrix_dimension_numbers(
 
 
 def _labels(weight_dimension_numbers, params):
-    """'root' for matrix leaves, 'adamw' for the rest."""
+    """'root' for matrix leaves, 'adamw' for the rest; checks the matrix specs."""
     if weight_dimension_numbers is None:
         return jax.tree.map(
             lambda x: "root" if jax.numpy.ndim(x) == 2 else "adamw", params
         )
+    # Raises (naming root) if a spec does not fit its leaf, e.g. a bias sent to
+    # the matrix path, before any state is built.
+    _dimension_numbers.check_fits(params, weight_dimension_numbers, "root")
     specs = _dimension_numbers.resolve(weight_dimension_numbers, params)
     if isinstance(specs, MuonDimensionNumbers):
         return jax.tree.map(lambda _: "root", params)
     label_subtree = lambda spec, sub: jax.tree.map(
         lambda _: "adamw" if spec is None else "root", sub
     )
-    try:
-        return jax.tree.map(
-            label_subtree, specs, params, is_leaf=_dimension_numbers.is_spec_leaf
-        )
-    except ValueError as err:
-        raise ValueError(
-            "root(weight_dimension_numbers=...) must be a tree prefix of the params "
-            f"with MuonDimensionNumbers or None leaves, got {specs!r}. {err}"
-        ) from None
+    return jax.tree.map(
+        label_subtree, specs, params, is_leaf=_dimension_numbers.is_spec_leaf
+    )
 
 
 def root(
@@ -179,7 +244,7 @@ def root(
     *,
     beta: jax.typing.ArrayLike = 0.95,
     nesterov: bool = True,
-    ns_steps: int = 5,
+    ns_steps: int | None = None,
     ns_coeffs: _coefficients.CoefficientSpec = "root",
     clip_quantile: jax.typing.ArrayLike | None = 0.9,
     clip_threshold: jax.typing.ArrayLike | None = None,
@@ -216,7 +281,7 @@ def root(
   coefficients ``ns_coeffs``. Everything else (biases, norms, and any leaf
   whose dimension numbers are ``None``) is trained by :func:`optax.adamw` with
   its own ``adam_*`` hyperparameters. It is
-  ``optax.partition`` of ``chain(scale_by_root, scale_by_lr)`` and ``adamw``,
+  ``optax.partition`` of ``chain(scale_by_root, scale_by_lr)`` and AdamW,
   wrapped in :func:`skip_nonfinite` by default.
 
   The defaults reproduce the authors' public code except ``ns_coeffs="root"``,
@@ -279,31 +344,32 @@ def root(
     <https://arxiv.org/abs/2502.16982>`_, 2025
   """
     fn = "root"
-    for name, value in (
-        ("nesterov", nesterov),
-        ("adam_nesterov", adam_nesterov),
-        ("skip_nonfinite", skip_nonfinite),
-    ):
-        if not isinstance(value, bool):
-            raise TypeError(f"{fn}({name}=...) must be a bool, got {name}={value!r}.")
-    ns_steps = _validation.check_positive_int(fn, "ns_steps", ns_steps)
-    _coefficients.check_spec(fn, ns_coeffs, ns_steps)
-    _validation.check_in_range(fn, "beta", beta, 0.0, 1.0, high_open=True)
-    if clip_threshold is not None:
-        _validation.check_in_range(
-            fn, "clip_threshold", clip_threshold, 0.0, float("inf")
-        )
-    elif clip_quantile is not None:
-        _validation.check_in_range(
-            fn, "clip_quantile", clip_quantile, 0.0, 1.0, low_open=True
-        )
+    _validation.check_bool(fn, "adam_nesterov", adam_nesterov)
+    _validation.check_bool(fn, "skip_nonfinite", skip_nonfinite)
+    mu_dtype, ns_steps, ns_dtype = _check_direction_args(
+        fn,
+        beta,
+        nesterov,
+        mu_dtype,
+        clip_quantile,
+        clip_threshold,
+        ns_coeffs,
+        ns_steps,
+        ns_eps,
+        ns_dtype,
+    )
+    _scaling.check_args(fn, learning_rate, shape_scale, rms, weight_decay)
     for name, value in (("adam_b1", adam_b1), ("adam_b2", adam_b2)):
-        _validation.check_in_range(fn, name, value, 0.0, 1.0, high_open=True)
-    _validation.check_in_range(fn, "adam_eps", adam_eps, 0.0, float("inf"))
-    if not callable(learning_rate):
-        _validation.check_in_range(
-            fn, "learning_rate", learning_rate, 0.0, float("inf")
-        )
+        _validation.check_unit_interval(fn, name, value, closed_low=True)
+    _validation.check_non_negative(fn, "adam_eps", adam_eps)
+    if adam_weight_decay is None:
+        adam_weight_decay = weight_decay
+    else:
+        _validation.check_non_negative(fn, "adam_weight_decay", adam_weight_decay)
+    if adam_learning_rate is None:
+        adam_learning_rate = learning_rate
+    elif not callable(adam_learning_rate):
+        _validation.check_non_negative(fn, "adam_learning_rate", adam_learning_rate)
     if (
         weight_dimension_numbers is not None
         and not callable(weight_dimension_numbers)
@@ -313,51 +379,47 @@ def root(
         )
     ):
         raise ValueError(
-            f"{fn}(weight_dimension_numbers=...) is an empty tree; pass None for "
+            f"{fn}(weight_dimension_numbers=...) is an empty tree, got "
+            f"weight_dimension_numbers={weight_dimension_numbers!r}; pass None for "
             "the default routing."
         )
-    _validation.check_in_range(fn, "weight_decay", weight_decay, 0.0, float("inf"))
-    if adam_weight_decay is None:
-        adam_weight_decay = weight_decay
-    if adam_learning_rate is None:
-        adam_learning_rate = learning_rate
 
+    # Default routing sends exactly the 2-D leaves here.
     matrix_dims = (
         MuonDimensionNumbers()
         if weight_dimension_numbers is None
         else weight_dimension_numbers
     )
     matrix_branch = optax.chain(
-        scale_by_root(
+        _direction(
+            fn,
             beta,
-            nesterov=nesterov,
-            mu_dtype=mu_dtype,
-            clip_quantile=clip_quantile,
-            clip_threshold=clip_threshold,
-            ns_coeffs=ns_coeffs,
-            ns_steps=ns_steps,
-            ns_eps=ns_eps,
-            ns_dtype=ns_dtype,
-            weight_dimension_numbers=matrix_dims,
+            nesterov,
+            mu_dtype,
+            clip_quantile,
+            clip_threshold,
+            ns_coeffs,
+            ns_steps,
+            ns_eps,
+            ns_dtype,
+            matrix_dims,
         ),
-        _scaling.scale_by_lr(
+        _scaling.lr_transform(
+            fn,
             learning_rate,
-            shape_scale=shape_scale,
-            rms=rms,
-            weight_decay=weight_decay,
-            weight_decay_mask=weight_decay_mask,
-            weight_dimension_numbers=matrix_dims,
+            shape_scale,
+            rms,
+            weight_decay,
+            weight_decay_mask,
+            matrix_dims,
         ),
     )
-    adamw_branch = optax.adamw(
-        adam_learning_rate,
-        b1=adam_b1,
-        b2=adam_b2,
-        eps=adam_eps,
-        weight_decay=adam_weight_decay,
-        mask=weight_decay_mask,
-        mu_dtype=mu_dtype,
-        nesterov=adam_nesterov,
+    adamw_branch = optax.chain(
+        _adamw.scale_by_adam_reference(
+            adam_b1, adam_b2, adam_eps, mu_dtype=mu_dtype, nesterov=adam_nesterov
+        ),
+        optax.add_decayed_weights(adam_weight_decay, weight_decay_mask),
+        optax.scale_by_learning_rate(adam_learning_rate),
     )
     tx = optax.partition(
         {"root": matrix_branch, "adamw": adamw_branch},

@@ -70,23 +70,52 @@ def scale_by_lr(
     >>> u.tolist()
     [[-0.1, -0.1], [-0.1, -0.1]]
   """
-    fn = "scale_by_lr"
+    check_args("scale_by_lr", learning_rate, shape_scale, rms, weight_decay)
+    return lr_transform(
+        "scale_by_lr",
+        learning_rate,
+        shape_scale,
+        rms,
+        weight_decay,
+        weight_decay_mask,
+        weight_dimension_numbers,
+    )
+
+
+def check_args(
+    fn: str, learning_rate, shape_scale, rms, weight_decay, *, check_lr: bool = True
+) -> None:
+    """Validate :func:`scale_by_lr`'s arguments, reported as ``fn(name=...)``."""
     if shape_scale not in ("rms", "muon", None):
         raise ValueError(
             f"{fn}(shape_scale=...) must be 'rms', 'muon' or None, got "
             f"shape_scale={shape_scale!r}."
         )
-    _validation.check_in_range(fn, "rms", rms, 0.0, float("inf"))
-    _validation.check_in_range(fn, "weight_decay", weight_decay, 0.0, float("inf"))
-    if not callable(learning_rate):
-        _validation.check_in_range(
-            fn, "learning_rate", learning_rate, 0.0, float("inf")
-        )
+    _validation.check_non_negative(fn, "rms", rms)
+    _validation.check_non_negative(fn, "weight_decay", weight_decay)
+    if check_lr and not callable(learning_rate):
+        _validation.check_non_negative(fn, "learning_rate", learning_rate)
+
+
+def lr_transform(
+    fn: str,
+    learning_rate,
+    shape_scale,
+    rms,
+    weight_decay,
+    weight_decay_mask,
+    weight_dimension_numbers,
+) -> optax.GradientTransformation:
+    """:func:`scale_by_lr` without argument checks; errors name ``fn``."""
 
     def scale_leaf(u, view):
-        return (u * _shape_factor(view.fan_in, view.fan_out, shape_scale, rms)).astype(
-            u.dtype
-        )
+        factor = _shape_factor(view.fan_in, view.fan_out, shape_scale, rms)
+        return (u * factor).astype(u.dtype)
+
+    def shape_init_fn(params):
+        if shape_scale is not None:
+            _dimension_numbers.check_fits(params, weight_dimension_numbers, fn)
+        return optax.EmptyState()
 
     def shape_update_fn(updates, state, params=None):
         del params
@@ -96,8 +125,28 @@ def scale_by_lr(
             )
         return updates, state
 
-    steps = [optax.GradientTransformation(optax.init_empty_state, shape_update_fn)]
-    if not (_validation.is_static_number(weight_decay) and weight_decay == 0):
-        steps.append(optax.add_decayed_weights(weight_decay, weight_decay_mask))
-    steps.append(optax.scale_by_learning_rate(learning_rate))
-    return optax.chain(*steps)
+    def decay_update_fn(updates, state, params=None):
+        if _validation.is_static_number(weight_decay) and weight_decay == 0:
+            return updates, state
+        if params is None:
+            raise ValueError(
+                f"{fn}(weight_decay=...) needs the params: call update(updates, "
+                "state, params)."
+            )
+        decayed = jax.tree.map(
+            lambda u, p: None if u is None else u + weight_decay * p,
+            updates,
+            params,
+            is_leaf=lambda x: x is None,
+        )
+        return decayed, state
+
+    # The chain has the same structure whatever the decay is (it may be injected).
+    decay = optax.GradientTransformation(optax.init_empty_state, decay_update_fn)
+    if weight_decay_mask is not None:
+        decay = optax.masked(decay, weight_decay_mask)
+    return optax.chain(
+        optax.GradientTransformation(shape_init_fn, shape_update_fn),
+        decay,
+        optax.scale_by_learning_rate(learning_rate),
+    )

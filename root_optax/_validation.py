@@ -6,20 +6,33 @@ import math
 import numbers
 from typing import Any
 
+import jax.numpy as jnp
+import numpy as np
+
+INF = float("inf")
+
 
 def is_static_number(x: Any) -> bool:
     """True for Python/NumPy scalars (checked now), False for arrays (maybe traced)."""
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
-def check_positive_int(fn: str, name: str, value: Any) -> int:
-    """Return ``value`` as an int, or raise naming ``fn`` and ``name``."""
+def check_bool(fn: str, name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{fn}({name}=...) must be a bool, got {name}={value!r}.")
+
+
+def check_positive_int(fn: str, name: str, value: Any, default: int) -> int:
+    """Return ``value`` (``None`` means ``default``) as an int, or raise."""
+    if value is None:
+        return default
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         hint = ""
         if hasattr(value, "shape"):
             hint = (
-                " It looks like an array: if optax.inject_hyperparams passed it, mark"
-                f" it static with static_args=('{name}',)."
+                " It looks like an array: a loop count must be static; if"
+                " optax.inject_hyperparams passed it, mark it static with"
+                f" static_args=('{name}',)."
             )
         raise TypeError(
             f"{fn}({name}=...) must be a positive int, got {name}={value!r}.{hint}"
@@ -57,3 +70,32 @@ def check_in_range(
         raise ValueError(
             f"{fn}({name}=...) must be in {interval}, got {name}={value!r}."
         )
+
+
+def check_non_negative(fn: str, name: str, value: Any) -> None:
+    """A finite number >= 0 (arrays pass unchecked)."""
+    check_in_range(fn, name, value, 0.0, INF, high_open=True)
+
+
+def check_unit_interval(fn: str, name: str, value: Any, *, closed_low: bool) -> None:
+    """``[0, 1)`` for decay rates (``closed_low``), ``(0, 1]`` for quantiles."""
+    if closed_low:
+        check_in_range(fn, name, value, 0.0, 1.0, high_open=True)
+    else:
+        check_in_range(fn, name, value, 0.0, 1.0, low_open=True)
+
+
+def check_float_dtype(fn: str, name: str, dtype: Any) -> np.dtype | None:
+    """``None`` or a real floating dtype, canonicalised."""
+    if dtype is None:
+        return None
+    try:
+        canonical = np.dtype(dtype)
+    except TypeError:
+        canonical = None
+    if canonical is None or not jnp.issubdtype(canonical, jnp.floating):
+        raise TypeError(
+            f"{fn}({name}=...) must be None or a floating dtype (bfloat16, float16,"
+            f" float32 or float64), got {name}={dtype!r}."
+        )
+    return canonical

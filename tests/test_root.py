@@ -8,6 +8,7 @@ import pytest
 from optax.contrib import MuonDimensionNumbers
 
 import root_optax
+from tests import reference_numpy as ref
 
 
 def matrices(rng):
@@ -95,16 +96,22 @@ def test_default_routing_and_name_routing(rng):
     }
 
 
-def test_adam_branch_has_its_own_hyperparameters(rng):
+def test_adam_branch_has_its_own_hyperparameters():
+    """AdamW uses adam_eps (not the Newton–Schulz eps), the reference's epsilon
+    placement, and no Nesterov unless asked."""
     params = {"v": jnp.ones(4)}
-    grads = {"v": jnp.asarray([1.0, -2.0, 3.0, 0.0])}
-    ours = root_optax.root(0.1, adam_eps=1e-3, weight_decay=0.0)
-    want = optax.adamw(0.1, b1=0.9, b2=0.95, eps=1e-3, weight_decay=0.0)
-    np.testing.assert_allclose(
-        run(ours, params, [grads] * 3)["v"],
-        run(want, params, [grads] * 3)["v"],
-        rtol=1e-6,
-    )
+    grads = {"v": jnp.asarray([1.0, -2.0, 3.0, 0.5])}
+    ours = root_optax.root(0.1, adam_eps=1e-3, weight_decay=0.0, ns_eps=1.0)
+    got = run(ours, params, [grads] * 3)["v"]
+    w, m, v = np.ones(4), np.zeros(4), np.zeros(4)
+    for t in range(1, 4):
+        w, m, v = ref.adamw_update(
+            w, m, v, np.asarray(grads["v"]), t, lr=0.1, wd=0.0, eps=1e-3,
+            form="reference",
+        )
+    np.testing.assert_allclose(got, w, rtol=1e-6)
+    nesterov = run(root_optax.root(0.1, adam_nesterov=True), params, [grads] * 3)
+    assert not np.allclose(nesterov["v"], got)
 
 
 def test_stacked_slices_match_separate_matrices(rng):

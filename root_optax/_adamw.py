@@ -1,0 +1,73 @@
+"""AdamW as the ROOT reference code writes it (epsilon before bias correction)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from root_optax import _validation
+
+
+def scale_by_adam_reference(
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.95,
+    eps: jax.typing.ArrayLike = 1e-8,
+    *,
+    mu_dtype: jax.typing.DTypeLike | None = None,
+    nesterov: bool = False,
+) -> optax.GradientTransformation:
+    r"""Adam's direction with the reference's epsilon placement.
+
+    .. math::
+        m_t = \beta_1 m_{t-1} + (1 - \beta_1) g_t, \quad
+        v_t = \beta_2 v_{t-1} + (1 - \beta_2) g_t^2, \quad
+        d_t = \frac{m_t}{\sqrt{v_t} + \epsilon}
+              \frac{\sqrt{1 - \beta_2^t}}{1 - \beta_1^t},
+
+    i.e. :func:`optax.scale_by_adam` with :math:`\epsilon / \sqrt{1 - \beta_2^t}`
+    in place of :math:`\epsilon` (the two agree unless :math:`|g| \sim \epsilon`).
+    With ``nesterov`` the first moment is optax's NAdam combination. The state
+    is an :class:`optax.ScaleByAdamState`.
+    """
+    fn = "scale_by_adam_reference"
+    for name, value in (("b1", b1), ("b2", b2)):
+        _validation.check_in_range(fn, name, value, 0.0, 1.0, high_open=True)
+    _validation.check_in_range(fn, "eps", eps, 0.0, float("inf"))
+    mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+
+    def init_fn(params: Any) -> optax.ScaleByAdamState:
+        return optax.ScaleByAdamState(
+            count=jnp.zeros([], jnp.int32),
+            mu=optax.tree.zeros_like(params, dtype=mu_dtype),
+            nu=optax.tree.zeros_like(params),
+        )
+
+    def update_fn(updates, state, params=None):
+        del params
+        mu = optax.tree.update_moment(updates, state.mu, b1, 1)
+        nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
+        count = optax.safe_increment(state.count)
+        if nesterov:
+            mu_hat = jax.tree.map(
+                lambda m, g: b1 * m + (1 - b1) * g,
+                optax.tree.bias_correction(mu, b1, optax.safe_increment(count)),
+                optax.tree.bias_correction(updates, b1, count),
+            )
+        else:
+            mu_hat = optax.tree.bias_correction(mu, b1, count)
+        nu_hat = optax.tree.bias_correction(nu, b2, count)
+        eps_t = eps / jnp.sqrt(1 - b2 ** count.astype(jnp.float32))
+        new_updates = jax.tree.map(
+            lambda g, m, v: (m / (jnp.sqrt(v) + eps_t.astype(v.dtype))).astype(g.dtype),
+            updates,
+            mu_hat,
+            nu_hat,
+        )
+        return new_updates, optax.ScaleByAdamState(
+            count=count, mu=optax.tree.cast(mu, mu_dtype), nu=nu
+        )
+
+    return optax.GradientTransformation(init_fn, update_fn)

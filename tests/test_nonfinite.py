@@ -1,0 +1,257 @@
+"""Steps with NaN/Inf gradients are skipped: params and state never go non-finite."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import root_optax
+
+
+def make_problem(rng):
+    """A mixed tree (two matrices and a bias) at zero, and a target for it."""
+    shapes = {"w1": (8, 16), "w2": (16, 4), "b": (4,)}
+    params = {k: jnp.zeros(s, jnp.float32) for k, s in shapes.items()}
+    target = {
+        k: jnp.asarray(rng.standard_normal(s), jnp.float32) for k, s in shapes.items()
+    }
+    return params, target
+
+
+def quadratic(params, target):
+    """The loss: half the squared distance to the target."""
+    return sum(0.5 * jnp.sum((params[k] - target[k]) ** 2) for k in params)
+
+
+@functools.cache
+def make_opt(skip_nonfinite=True):
+    """One optimizer object per setting, so the jitted step compiles once."""
+    return root_optax.root(0.02, weight_decay=0.0, skip_nonfinite=skip_nonfinite)
+
+
+@functools.cache
+def make_step(opt):
+    @jax.jit
+    def step(params, state, grads):
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, updates
+
+    return step
+
+
+grad_fn = jax.jit(jax.value_and_grad(quadratic))
+
+
+def poison(grads, key, index, value):
+    return {**grads, key: grads[key].at[index].set(value)}
+
+
+def assert_all_finite(tree, what):
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if jnp.issubdtype(leaf.dtype, jnp.inexact):
+            assert bool(jnp.all(jnp.isfinite(leaf))), (
+                f"{what}{jax.tree_util.keystr(path)}"
+            )
+
+
+def assert_trees_equal(a, b):
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_root_skips_nonfinite_steps_and_keeps_training(rng):
+    params, target = make_problem(rng)
+    opt = make_opt()
+    step = make_step(opt)
+    state = opt.init(params)
+    assert isinstance(state, root_optax.SkipNonfiniteState)
+
+    losses = []
+    for _ in range(5):
+        value, grads = grad_fn(params, target)
+        losses.append(float(value))
+        params, state, _ = step(params, state, grads)
+
+    bad_steps = [("w1", (2, 3), jnp.nan), ("b", (1,), jnp.inf)]
+    for skipped, (key, index, value) in enumerate(bad_steps, start=1):
+        _, grads = grad_fn(params, target)
+        before_params, before_state = params, state
+        params, state, updates = step(params, state, poison(grads, key, index, value))
+
+        # The whole step is skipped, not only the poisoned leaf.
+        for u in jax.tree.leaves(updates):
+            np.testing.assert_array_equal(u, np.zeros_like(u))
+        assert_trees_equal(params, before_params)
+        assert_trees_equal(state.inner_state, before_state.inner_state)
+        assert int(state.skipped) == skipped
+        assert not bool(state.last_finite)
+        assert_all_finite(params, "params")
+        assert_all_finite(state, "state")
+
+        # One clean step in between: it is applied and clears last_finite.
+        value, grads = grad_fn(params, target)
+        losses.append(float(value))
+        params, state, _ = step(params, state, grads)
+        assert bool(state.last_finite)
+        assert int(state.skipped) == skipped
+
+    for _ in range(10):
+        value, grads = grad_fn(params, target)
+        losses.append(float(value))
+        params, state, _ = step(params, state, grads)
+    losses.append(float(quadratic(params, target)))
+
+    assert_all_finite(params, "params")
+    assert_all_finite(state, "state")
+    assert int(state.skipped) == len(bad_steps)
+    assert np.all(np.diff(losses) < 0), losses
+    assert losses[-1] < 0.9 * losses[0]
+
+
+def test_skipped_step_matches_a_run_without_it(rng):
+    """Skipping leaves no trace: good, bad, good equals good, good."""
+    params, target = make_problem(rng)
+    opt = make_opt()
+    step = make_step(opt)
+    _, g1 = grad_fn(params, target)
+    g2 = jax.tree.map(lambda x: 0.5 * x + 0.1, g1)
+    bad = poison(g1, "w2", (0, 0), -jnp.inf)
+
+    clean_params, clean_state = params, opt.init(params)
+    dirty_params, dirty_state = params, opt.init(params)
+    for g in (g1, g2):
+        clean_params, clean_state, _ = step(clean_params, clean_state, g)
+    for g in (g1, bad, g2):
+        dirty_params, dirty_state, _ = step(dirty_params, dirty_state, g)
+
+    assert_trees_equal(dirty_params, clean_params)
+    assert_trees_equal(dirty_state.inner_state, clean_state.inner_state)
+    assert int(dirty_state.skipped) == 1
+
+
+def test_root_without_skipping_lets_nan_through(rng):
+    """skip_nonfinite=False is plain partition(...): non-finite gradients poison."""
+    params, target = make_problem(rng)
+    opt = make_opt(skip_nonfinite=False)
+    assert not isinstance(opt.init(params), root_optax.SkipNonfiniteState)
+    step = make_step(opt)
+    state = opt.init(params)
+    _, grads = grad_fn(params, target)
+
+    # NaN in one matrix entry: Newton–Schulz normalizes by the Frobenius norm,
+    # so the whole matrix update is NaN; the other leaves are untouched by it.
+    new_params, state, updates = step(
+        params, state, poison(grads, "w1", (0, 0), jnp.nan)
+    )
+    assert bool(jnp.all(jnp.isnan(updates["w1"])))
+    assert bool(jnp.all(jnp.isfinite(updates["w2"])))
+    assert bool(jnp.all(jnp.isfinite(updates["b"])))
+    assert not bool(jnp.all(jnp.isfinite(new_params["w1"])))
+
+    # +Inf in the bias goes through AdamW: inf / inf gives NaN.
+    state = opt.init(params)
+    _, state, updates = step(params, state, poison(grads, "b", (1,), jnp.inf))
+    assert not bool(jnp.isfinite(updates["b"][1]))
+
+
+def test_skip_nonfinite_protects_any_optax_optimizer(rng):
+    params, target = make_problem(rng)
+    opt = root_optax.skip_nonfinite(optax.adam(0.05))
+    step = make_step(opt)
+    state = opt.init(params)
+
+    value0, grads = grad_fn(params, target)
+    params, state, _ = step(params, state, grads)
+    before_params, before_state = params, state
+    _, grads = grad_fn(params, target)
+    params, state, updates = step(params, state, poison(grads, "w2", (3, 1), jnp.nan))
+    assert all(not bool(jnp.any(u)) for u in jax.tree.leaves(updates))
+    assert_trees_equal(params, before_params)
+    assert_trees_equal(state.inner_state, before_state.inner_state)
+    assert int(state.skipped) == 1
+    assert not bool(state.last_finite)
+
+    for _ in range(5):
+        _, grads = grad_fn(params, target)
+        params, state, _ = step(params, state, grads)
+    assert_all_finite((params, state), "adam")
+    assert float(quadratic(params, target)) < float(value0)
+    assert bool(state.last_finite)
+
+
+def test_skip_nonfinite_passes_extra_args(rng):
+    params, _ = make_problem(rng)
+    inner = optax.chain(
+        optax.sgd(0.1),
+        optax.contrib.reduce_on_plateau(patience=1, factor=0.5),
+    )
+    opt = root_optax.skip_nonfinite(inner)
+    state = opt.init(params)
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, state = jax.jit(opt.update)(grads, state, params, value=jnp.asarray(1.0))
+    assert_all_finite(updates, "updates")
+
+
+@pytest.mark.parametrize("bad", [jnp.nan, jnp.inf, -jnp.inf])
+def test_many_consecutive_nonfinite_steps_never_apply(rng, bad):
+    params, target = make_problem(rng)
+    opt = make_opt()
+    step = make_step(opt)
+    state = opt.init(params)
+    _, grads = grad_fn(params, target)
+    params, state, _ = step(params, state, grads)
+    start_params, start_state = params, state
+
+    poisoned = poison(grads, "w2", (0, 0), bad)
+    for _ in range(5):
+        params, state, updates = step(params, state, poisoned)
+        assert_all_finite((params, state, updates), "after a bad step: ")
+    assert_trees_equal(params, start_params)
+    assert_trees_equal(state.inner_state, start_state.inner_state)
+    assert int(state.skipped) == 5
+
+
+def test_apply_if_finite_contrast(rng):
+    """optax.apply_if_finite gives up after max_consecutive_errors; we never do."""
+    params, _ = make_problem(rng)
+    grads = poison(jax.tree.map(jnp.ones_like, params), "b", (0,), jnp.nan)
+
+    def run(opt):
+        step = jax.jit(opt.update)
+        p, state = params, opt.init(params)
+        for _ in range(5):
+            updates, state = step(grads, state, p)
+            p = optax.apply_updates(p, updates)
+        return p
+
+    theirs = run(optax.apply_if_finite(optax.sgd(0.1), max_consecutive_errors=3))
+    ours = run(root_optax.skip_nonfinite(optax.sgd(0.1)))
+    assert bool(jnp.isnan(theirs["b"][0]))
+    assert_trees_equal(ours, params)
+
+
+def test_integer_leaves_are_ignored_by_the_check():
+    params = {"w": jnp.ones((2, 2)), "step": jnp.zeros((), jnp.int32)}
+    opt = root_optax.skip_nonfinite(optax.set_to_zero())
+    state = opt.init(params)
+    _, state = opt.update(params, state, params)
+    assert bool(state.last_finite)
+    assert int(state.skipped) == 0
+
+
+def test_zero_matrix_gradient_with_zero_ns_eps_stays_finite():
+    """A finite step must give a finite update even when ns_eps=0 (accepted).
+
+    An all-zero matrix gradient (a frozen or unused layer) is finite, so
+    skip_nonfinite lets it through; Newton–Schulz then divides 0 by a zero norm.
+    """
+    params = {"w": jnp.ones((4, 8)), "b": jnp.ones(8)}
+    opt = root_optax.root(0.1, ns_eps=0.0, weight_decay=0.0)
+    grads = jax.tree.map(jnp.zeros_like, params)
+    updates, state = jax.jit(opt.update)(grads, opt.init(params), params)
+    assert bool(state.last_finite)
+    assert_all_finite(updates, "updates")
