@@ -418,7 +418,7 @@ def root(
         _adamw.scale_by_adam_reference(
             adam_b1, adam_b2, adam_eps, mu_dtype=mu_dtype, nesterov=adam_nesterov
         ),
-        optax.add_decayed_weights(adam_weight_decay, weight_decay_mask),
+        _scaling.decoupled_weight_decay(fn, adam_weight_decay, weight_decay_mask),
         optax.scale_by_learning_rate(adam_learning_rate),
     )
     tx = optax.partition(

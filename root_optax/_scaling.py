@@ -125,7 +125,24 @@ def lr_transform(
             )
         return updates, state
 
-    def decay_update_fn(updates, state, params=None):
+    return optax.chain(
+        optax.GradientTransformation(shape_init_fn, shape_update_fn),
+        decoupled_weight_decay(fn, weight_decay, weight_decay_mask),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def decoupled_weight_decay(
+    fn: str, weight_decay, weight_decay_mask
+) -> optax.GradientTransformation:
+    r"""``u + weight_decay * W`` in ``u``'s dtype (the step's lr multiplies both).
+
+    Like :func:`optax.add_decayed_weights`, but a float32 parameter never
+    promotes a bfloat16 update, and the state structure does not depend on
+    whether ``weight_decay`` is zero (it may be injected).
+    """
+
+    def update_fn(updates, state, params=None):
         if _validation.is_static_number(weight_decay) and weight_decay == 0:
             return updates, state
         if params is None:
@@ -134,19 +151,14 @@ def lr_transform(
                 "state, params)."
             )
         decayed = jax.tree.map(
-            lambda u, p: None if u is None else u + weight_decay * p,
+            lambda u, p: None if u is None else (u + weight_decay * p).astype(u.dtype),
             updates,
             params,
             is_leaf=lambda x: x is None,
         )
         return decayed, state
 
-    # The chain has the same structure whatever the decay is (it may be injected).
-    decay = optax.GradientTransformation(optax.init_empty_state, decay_update_fn)
+    decay = optax.GradientTransformation(optax.init_empty_state, update_fn)
     if weight_decay_mask is not None:
         decay = optax.masked(decay, weight_decay_mask)
-    return optax.chain(
-        optax.GradientTransformation(shape_init_fn, shape_update_fn),
-        decay,
-        optax.scale_by_learning_rate(learning_rate),
-    )
+    return decay
