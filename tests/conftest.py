@@ -23,3 +23,10 @@ def x64():
     """Run the test body with 64-bit floats enabled."""
     with jax.enable_x64(True):
         yield
+
+# Most of the suite's time is XLA compiling programs that differ only in the
+# Python closures around them; a persistent cache shared by the xdist workers
+# compiles each distinct program once per run.
+_CACHE_DIR = os.environ.get("ROOT_OPTAX_TEST_CACHE", "/tmp/root_optax_jax_cache")
+jax.config.update("jax_compilation_cache_dir", _CACHE_DIR)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
