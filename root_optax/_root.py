@@ -206,9 +206,9 @@ def matrix_dimension_numbers(
         ndim = jax.numpy.ndim(leaf)
         # Flax NNX initialises with Variable leaves (path ends in `.value`) and
         # updates with plain arrays: both must give the same path string.
-        if path and isinstance(path[-1], jax.tree_util.GetAttrKey):
-            if path[-1].name == "value":
-                path = path[:-1]
+        last = path[-1] if path else None
+        if isinstance(last, jax.tree_util.GetAttrKey) and last.name == "value":
+            path = path[:-1]
         key = jax.tree_util.keystr(path)
         if (
             any(p.search(key) for p in patterns)
