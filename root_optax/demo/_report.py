@@ -38,13 +38,19 @@ def header(cfg, corpus, num_params: int) -> str:
     lines = [
         TITLE,
         f"Corpus: {corpus.description}",
-        f"  {len(corpus.train):,} train / {len(corpus.valid):,} validation bytes "
-        f"(split by position), sha256 {corpus.sha256[:16]}",
-        f"Model: {cfg.layers} layers, d_model {cfg.d_model}, {cfg.heads} heads, "
-        f"seq_len {cfg.seq_len}, vocab 256, {num_params:,} parameters",
-        f"Training: {cfg.steps} steps x batch {cfg.batch_size} "
-        f"({cfg.steps * cfg.batch_size * cfg.seq_len:,} tokens) per optimizer, "
-        f"warmup {cfg.warmup_fraction:.0%} + cosine, seed {cfg.seed}",
+        (
+            f"  {len(corpus.train):,} train / {len(corpus.valid):,} validation "
+            f"bytes (split by position), sha256 {corpus.sha256[:16]}"
+        ),
+        (
+            f"Model: {cfg.layers} layers, d_model {cfg.d_model}, {cfg.heads} heads, "
+            f"seq_len {cfg.seq_len}, vocab 256, {num_params:,} parameters"
+        ),
+        (
+            f"Training: {cfg.steps} steps x batch {cfg.batch_size} "
+            f"({cfg.steps * cfg.batch_size * cfg.seq_len:,} tokens) per optimizer, "
+            f"warmup {cfg.warmup_fraction:.0%} + cosine, seed {cfg.seed}"
+        ),
         "Learning rates: "
         + ", ".join(f"{n} {getattr(cfg, f'lr_{n}'):g}" for n in cfg.optimizers),
         f"Devices: {jax.devices()} (backend {jax.default_backend()})",
@@ -80,8 +86,10 @@ def results(cfg, corpus, num_params, runs, rows) -> dict[str, Any]:
 def markdown_table(rows) -> str:
     """The result table in Markdown."""
     lines = [
-        "| optimizer | peak lr | train loss (bits/byte) | valid loss (bits/byte) "
-        "| tokens/s | step (ms) | step time vs AdamW |",
+        (
+            "| optimizer | peak lr | train loss (bits/byte) | valid loss (bits/byte) "
+            "| tokens/s | step (ms) | step time vs AdamW |"
+        ),
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
@@ -124,8 +132,9 @@ def plot(results_: dict[str, Any], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     ax_train.set_ylabel("loss (bits per byte)")
+    # Zoom on the interesting range: the untrained model starts at 8 bits/byte.
     low = min(min(r["train_bpb"], r["valid_bpb"]) for r in results_["table"])
-    ax_train.set_ylim(max(0.0, low - 0.3), 8.5)
+    ax_train.set_ylim(max(0.0, low - 0.3), min(8.5, low + 3.0))
     fig.suptitle(
         f"{results_['title']}\n{results_['config']['steps']} steps, "
         f"{results_['num_params']:,} params, device {results_['device']}"

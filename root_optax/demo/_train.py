@@ -35,11 +35,11 @@ NAMES = {"root": "ROOT", "muon": "Muon", "adamw": "AdamW"}
 class Config:
     """Everything that defines a run (the command-line flags)."""
 
-    steps: int = 300
+    steps: int = 250
     d_model: int = 128
-    layers: int = 3
+    layers: int = 2
     heads: int = 4
-    seq_len: int = 128
+    seq_len: int = 64
     batch_size: int = 16
     optimizers: tuple[str, ...] = OPTIMIZERS
     lr_root: float = DEFAULT_LR["root"]
@@ -48,7 +48,7 @@ class Config:
     weight_decay: float = 0.1
     warmup_fraction: float = 0.1
     seed: int = 0
-    eval_every: int = 50
+    eval_every: int = 25
     eval_batches: int = 8
     out: str = "demo_results"
     progress: bool = True
@@ -58,7 +58,10 @@ def schedule(peak: float, steps: int, warmup_fraction: float) -> optax.Schedule:
     """Linear warmup to ``peak``, then cosine decay to ``peak / 10`` at ``steps``."""
     warmup = max(1, int(steps * warmup_fraction))
     return optax.warmup_cosine_decay_schedule(
-        0.0, peak, warmup_steps=warmup, decay_steps=max(steps, warmup + 1),
+        0.0,
+        peak,
+        warmup_steps=warmup,
+        decay_steps=max(steps, warmup + 1),
         end_value=peak / 10,
     )
 
@@ -111,28 +114,16 @@ def build_model(cfg: Config) -> _model.TransformerLM:
     )
 
 
-def train(
-    name: str,
-    cfg: Config,
-    train_windows: np.ndarray,
-    eval_windows: jax.Array,
-) -> dict[str, Any]:
-    """Train a fresh model with optimizer ``name`` on ``train_windows``.
+def _make_run(name: str, cfg: Config):
+    """A fresh model and optimizer ``name``: ``(state, train_step, eval_loss)``.
 
-    Args:
-      name: one of :data:`OPTIMIZERS`.
-      cfg: the run configuration.
-      train_windows: ``(steps, batch, seq_len + 1)`` token windows, in order.
-      eval_windows: ``(eval_batches, batch, seq_len + 1)`` validation windows.
-
-    Returns:
-      Per-step train losses and step seconds, and validation losses at the
-      evaluation steps, all losses in nats per byte.
+    ``train_step(state, windows) -> (state, loss)`` and ``eval_loss(state,
+    windows) -> loss`` are jitted functions of the split ``(model, optimizer)``
+    state (``nnx.split``/``nnx.merge`` keep the Python overhead per step low).
     """
     model = build_model(cfg)
     optimizer = nnx.Optimizer(model, make_optimizer(name, cfg), wrt=nnx.Param)
     graphdef, state = nnx.split((model, optimizer))
-    del model, optimizer
 
     @functools.partial(jax.jit, donate_argnums=0)
     def train_step(state, windows):
@@ -146,41 +137,84 @@ def train(
         model, _ = nnx.merge(graphdef, state)
         return jax.lax.map(functools.partial(_model.loss_fn, model), windows).mean()
 
-    steps = len(train_windows)
-    eval_steps, eval_losses = [0], [float(eval_loss(state, eval_windows))]
-    losses, seconds = [], []
-    bar = _progress(range(steps), name, cfg.progress)
-    for step in bar:
+    return state, train_step, eval_loss
+
+
+def train(
+    cfg: Config, train_windows: np.ndarray, eval_windows: jax.Array
+) -> dict[str, dict[str, list]]:
+    """Train one fresh model per optimizer in ``cfg.optimizers``, in lockstep.
+
+    Every model starts from the same initialisation and sees the same batches.
+    Step ``t`` of every optimizer runs before step ``t + 1`` of any (in an order
+    rotated each step), so a busy or throttling machine slows all of them alike
+    and their step times stay comparable.
+
+    Args:
+      cfg: the run configuration.
+      train_windows: ``(steps, batch, seq_len + 1)`` token windows, in order.
+      eval_windows: ``(eval_batches, batch, seq_len + 1)`` validation windows.
+
+    Returns:
+      For each optimizer: per-step train losses and step seconds, and
+      validation losses at the evaluation steps (0 is the initial model), all
+      losses in nats per byte.
+    """
+    names = list(cfg.optimizers)
+    states, steps_fn, evals, records = {}, {}, {}, {}
+    for name in names:
+        states[name], steps_fn[name], evals[name] = _make_run(name, cfg)
+        records[name] = {
+            "train_loss": [],
+            "step_seconds": [],
+            "eval_steps": [0],
+            "eval_loss": [float(evals[name](states[name], eval_windows))],
+        }
+    num_steps = len(train_windows)
+    bars = _progress_bars(names, num_steps, cfg.progress)
+    for step in range(num_steps):
         windows = jax.device_put(train_windows[step])
-        start = time.perf_counter()
-        state, loss = train_step(state, windows)
-        loss = float(loss)  # waits for the step
-        seconds.append(time.perf_counter() - start)
-        losses.append(loss)
+        k = step % len(names)
+        for name in names[k:] + names[:k]:
+            start = time.perf_counter()
+            states[name], loss = steps_fn[name](states[name], windows)
+            loss = float(loss)  # waits for the step
+            records[name]["step_seconds"].append(time.perf_counter() - start)
+            records[name]["train_loss"].append(loss)
         done = step + 1
-        if done % cfg.eval_every == 0 or done == steps:
-            eval_steps.append(done)
-            eval_losses.append(float(eval_loss(state, eval_windows)))
-        if cfg.progress:
+        if done % cfg.eval_every == 0 or done == num_steps:
+            for name in names:
+                records[name]["eval_steps"].append(done)
+                loss = float(evals[name](states[name], eval_windows))
+                records[name]["eval_loss"].append(loss)
+        for name, bar in bars.items():
             bar.set_postfix(
-                loss=f"{loss / math.log(2):.3f}",
-                val=f"{eval_losses[-1] / math.log(2):.3f}",
+                loss=f"{records[name]['train_loss'][-1] / math.log(2):.3f}",
+                val=f"{records[name]['eval_loss'][-1] / math.log(2):.3f}",
+                refresh=False,
             )
-    return {
-        "train_loss": losses,
-        "step_seconds": seconds,
-        "eval_steps": eval_steps,
-        "eval_loss": eval_losses,
-    }
+            bar.update()
+    for bar in bars.values():
+        bar.close()
+    return records
 
 
-def _progress(steps, name, enabled):
-    """A tqdm bar over ``steps`` when ``enabled`` (tqdm imported only then)."""
+def _progress_bars(names, total, enabled):
+    """One tqdm bar per optimizer, stacked (tqdm imported only when enabled)."""
     if not enabled:
-        return steps
+        return {}
     from tqdm.auto import tqdm
 
-    return tqdm(steps, desc=f"{NAMES[name]:>5}", unit="step", dynamic_ncols=True)
+    return {
+        name: tqdm(
+            total=total,
+            desc=f"{NAMES[name]:>5}",
+            unit="step",
+            position=i,
+            dynamic_ncols=True,
+        )
+        for i, name in enumerate(names)
+    }
 
 
 def summarize(name: str, run: dict[str, Any], cfg: Config) -> dict[str, Any]:
@@ -312,10 +346,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
     print(_report.header(cfg, corpus, num_params))
 
-    runs, rows = {}, []
-    for name in cfg.optimizers:
-        runs[name] = train(name, cfg, train_windows, eval_windows)
-        rows.append(summarize(name, runs[name], cfg))
+    print("Training all optimizers in lockstep (bits per byte; val: last eval):")
+    runs = train(cfg, train_windows, eval_windows)
+    rows = [summarize(name, runs[name], cfg) for name in cfg.optimizers]
     if "adamw" in cfg.optimizers:
         reference = rows[cfg.optimizers.index("adamw")]["median_step_ms"]
         for row in rows:
