@@ -65,10 +65,10 @@ def scale_by_lr(
 
   Examples:
     >>> import jax.numpy as jnp, root_optax
-    >>> tx = root_optax.scale_by_lr(0.1, shape_scale=None)
+    >>> tx = root_optax.scale_by_lr(0.5, shape_scale=None)
     >>> u, _ = tx.update(jnp.ones((2, 2)), tx.init(jnp.zeros((2, 2))))
     >>> u.tolist()
-    [[-0.1, -0.1], [-0.1, -0.1]]
+    [[-0.5, -0.5], [-0.5, -0.5]]
   """
     check_args("scale_by_lr", learning_rate, shape_scale, rms, weight_decay)
     return lr_transform(
