@@ -91,7 +91,7 @@ def orthogonalize(
         ``(a, b, c)`` triple, ``ns_steps`` triples (one per iteration), a mapping
         from ``(min(m, n), max(m, n))`` to either, or a callable
         ``(shape, ns_steps) -> coefficients``.
-      ns_steps: number of iterations, a positive int.
+      ns_steps: number of iterations, a positive int; ``None`` means 5.
       eps: added to the Frobenius norm before dividing.
       ns_dtype: dtype of the iteration. ``None`` uses ``x``'s dtype promoted to at
         least float32 (float32 inputs are never downcast); ``jnp.bfloat16`` runs
@@ -145,7 +145,7 @@ def adaptive_newton_schulz(
         authors' exact table with Muon's fallback (it warns on the fallback, and
         its square entry can amplify singular values up to 3.3x), ``"muon"``
         Muon's fixed quintic.
-      ns_steps: number of iterations, a positive int.
+      ns_steps: number of iterations, a positive int; ``None`` means 5.
       eps: added to the Frobenius norm before dividing.
       ns_dtype: dtype of the iteration, see :func:`orthogonalize`.
       weight_dimension_numbers: ``None`` (each leaf is a matrix over its last two
@@ -158,7 +158,7 @@ def adaptive_newton_schulz(
 
     Raises:
       ValueError: bad ``ns_steps``/``ns_coeffs``; a rank < 2 leaf or dimension
-        numbers that do not fit a leaf (raised at the first update).
+        numbers that do not fit a leaf (raised at ``init``).
 
     Examples:
       >>> import jax.numpy as jnp, root_optax

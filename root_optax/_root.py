@@ -284,8 +284,10 @@ def root(
   :math:`\eta` = ``learning_rate``, :math:`\lambda` = ``weight_decay``,
   :math:`K` = ``ns_steps`` and shape-dependent quintic Newton–Schulz
   coefficients ``ns_coeffs``. Everything else (biases, norms, and any leaf
-  whose dimension numbers are ``None``) is trained by :func:`optax.adamw` with
-  its own ``adam_*`` hyperparameters. It is
+  whose dimension numbers are ``None``) is trained by AdamW with its own
+  ``adam_*`` hyperparameters, in the reference's form (epsilon added before
+  the bias correction; :func:`optax.adamw` differs only when gradients are
+  as small as ``adam_eps``). It is
   ``optax.partition`` of ``chain(scale_by_root, scale_by_lr)`` and AdamW,
   wrapped in :func:`skip_nonfinite` by default.
 
@@ -299,7 +301,8 @@ def root(
     learning_rate: :math:`\eta`, a float or an :class:`optax.Schedule`.
     beta: momentum :math:`\beta`.
     nesterov: Nesterov momentum for the matrix branch.
-    ns_steps: Newton–Schulz iterations :math:`K`.
+    ns_steps: Newton–Schulz iterations :math:`K`; ``None`` means 5 (``None``
+      so that :func:`optax.inject_hyperparams` leaves it static).
     ns_coeffs: ``"root"``, ``"reference"``, ``"muon"`` or a table, see
       :func:`adaptive_newton_schulz`.
     clip_quantile: :math:`q` in ``(0, 1]``, or ``None`` for no clipping.
