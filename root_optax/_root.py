@@ -72,60 +72,49 @@ def scale_by_root(
       >>> u["w"].shape
       (4, 8)
     """
-    fn = "scale_by_root"
-    mu_dtype, ns_steps, ns_dtype = _check_direction_args(
-        fn,
-        beta,
-        nesterov,
-        mu_dtype,
-        clip_quantile,
-        clip_threshold,
-        ns_coeffs,
-        ns_steps,
-        ns_eps,
-        ns_dtype,
+    direction = _direction_args(
+        "scale_by_root",
+        beta=beta,
+        nesterov=nesterov,
+        mu_dtype=mu_dtype,
+        clip_quantile=clip_quantile,
+        clip_threshold=clip_threshold,
+        ns_coeffs=ns_coeffs,
+        ns_steps=ns_steps,
+        ns_eps=ns_eps,
+        ns_dtype=ns_dtype,
     )
-    return _direction(
-        fn,
-        beta,
-        nesterov,
-        mu_dtype,
-        clip_quantile,
-        clip_threshold,
-        ns_coeffs,
-        ns_steps,
-        ns_eps,
-        ns_dtype,
-        weight_dimension_numbers,
-    )
+    return _direction("scale_by_root", weight_dimension_numbers, **direction)
 
 
-def _check_direction_args(
-    fn,
-    beta,
-    nesterov,
-    mu_dtype,
-    clip_quantile,
-    clip_threshold,
-    ns_coeffs,
-    ns_steps,
-    ns_eps,
-    ns_dtype,
-):
-    """Validate :func:`scale_by_root`'s arguments under ``fn``'s names."""
-    mu_dtype = _momentum.check_args(fn, beta, nesterov, mu_dtype)
-    if clip_quantile is not None or clip_threshold is not None:
+def _direction_args(fn: str, **args) -> dict[str, Any]:
+    """Validate :func:`scale_by_root`'s keyword arguments under ``fn``'s names;
+    returns them with ``mu_dtype``, ``ns_steps`` and ``ns_dtype`` canonical."""
+    args["mu_dtype"] = _momentum.check_args(
+        fn, args["beta"], args["nesterov"], args["mu_dtype"]
+    )
+    if args["clip_quantile"] is not None or args["clip_threshold"] is not None:
         _clipping.check_args(
-            fn, clip_quantile, clip_threshold, names=("clip_quantile", "clip_threshold")
+            fn,
+            args["clip_quantile"],
+            args["clip_threshold"],
+            names=("clip_quantile", "clip_threshold"),
         )
-    ns_steps, ns_dtype = _newton_schulz.check_args(
-        fn, ns_coeffs, ns_steps, ns_eps, ns_dtype, eps_name="ns_eps"
+    args["ns_steps"], args["ns_dtype"] = _newton_schulz.check_args(
+        fn,
+        args["ns_coeffs"],
+        args["ns_steps"],
+        args["ns_eps"],
+        args["ns_dtype"],
+        eps_name="ns_eps",
     )
-    return mu_dtype, ns_steps, ns_dtype
+    return args
 
 
 def _direction(
-    fn,
+    fn: str,
+    weight_dimension_numbers,
+    *,
     beta,
     nesterov,
     mu_dtype,
@@ -135,8 +124,7 @@ def _direction(
     ns_steps,
     ns_eps,
     ns_dtype,
-    weight_dimension_numbers,
-):
+) -> optax.GradientTransformation:
     """momentum -> robust clip -> AdaNewton, with validated arguments."""
     steps = [_momentum.momentum_transform(beta, nesterov, mu_dtype)]
     if clip_quantile is not None or clip_threshold is not None:
@@ -354,18 +342,19 @@ def root(
     fn = "root"
     _validation.check_bool(fn, "adam_nesterov", adam_nesterov)
     _validation.check_bool(fn, "skip_nonfinite", skip_nonfinite)
-    mu_dtype, ns_steps, ns_dtype = _check_direction_args(
+    direction = _direction_args(
         fn,
-        beta,
-        nesterov,
-        mu_dtype,
-        clip_quantile,
-        clip_threshold,
-        ns_coeffs,
-        ns_steps,
-        ns_eps,
-        ns_dtype,
+        beta=beta,
+        nesterov=nesterov,
+        mu_dtype=mu_dtype,
+        clip_quantile=clip_quantile,
+        clip_threshold=clip_threshold,
+        ns_coeffs=ns_coeffs,
+        ns_steps=ns_steps,
+        ns_eps=ns_eps,
+        ns_dtype=ns_dtype,
     )
+    mu_dtype = direction["mu_dtype"]
     _scaling.check_args(fn, learning_rate, shape_scale, rms, weight_decay)
     for name, value in (("adam_b1", adam_b1), ("adam_b2", adam_b2)):
         _validation.check_unit_interval(fn, name, value, closed_low=True)
@@ -399,19 +388,7 @@ def root(
         else weight_dimension_numbers
     )
     matrix_branch = optax.chain(
-        _direction(
-            fn,
-            beta,
-            nesterov,
-            mu_dtype,
-            clip_quantile,
-            clip_threshold,
-            ns_coeffs,
-            ns_steps,
-            ns_eps,
-            ns_dtype,
-            matrix_dims,
-        ),
+        _direction(fn, matrix_dims, **direction),
         _scaling.lr_transform(
             fn,
             learning_rate,
