@@ -28,6 +28,8 @@ def test_quickstart_runs_and_reduces_loss(capsys):
 
 
 def test_test_command_is_what_ci_runs():
-    command = re.search(r"```bash\n(.*?)\n```", README.read_text(), re.DOTALL).group(1)
+    commands = re.findall(r"```bash\n(.*?)\n```", README.read_text(), re.DOTALL)
+    assert "python -m root_optax.demo" in commands[0]
+    command = commands[1]
     ci = (README.parent / ".ci" / "run").read_text()
     assert command.strip() in ci

@@ -12,6 +12,8 @@ from typing import Any
 
 import jax
 
+import root_optax
+
 TITLE = "root_optax demo: byte-level transformer LM, ROOT vs Muon vs AdamW"
 
 UNITS = (
@@ -24,8 +26,8 @@ UNITS = (
 
 def _versions() -> dict[str, str]:
     """Versions of the packages that shape the result."""
-    out = {"python": platform.python_version()}
-    for pkg in ("jax", "jaxlib", "optax", "flax", "root-optax"):
+    out = {"python": platform.python_version(), "root_optax": root_optax.__version__}
+    for pkg in ("jax", "jaxlib", "optax", "flax"):
         try:
             out[pkg] = importlib.metadata.version(pkg)
         except importlib.metadata.PackageNotFoundError:
