@@ -24,6 +24,7 @@ def x64():
     with jax.enable_x64(True):
         yield
 
+
 # Most of the suite's time is XLA compiling programs that differ only in the
 # Python closures around them; a persistent cache shared by the xdist workers
 # compiles each distinct program once per run.

@@ -66,19 +66,41 @@ def shape_scale_factor(shape, shape_scale="rms"):
     raise ValueError(f"unknown shape_scale {shape_scale!r}")
 
 
-def root_matrix_update(w, mom, g, *, lr=1e-3, beta=0.95, nesterov=True, wd=0.1,
-                       clip_quantile=0.9, clip_threshold=None, coeffs="reference",
-                       ns_steps=5, shape_scale="rms"):
+def root_matrix_update(
+    w,
+    mom,
+    g,
+    *,
+    lr=1e-3,
+    beta=0.95,
+    nesterov=True,
+    wd=0.1,
+    clip_quantile=0.9,
+    clip_threshold=None,
+    coeffs="reference",
+    ns_steps=5,
+    shape_scale="rms",
+):
     """One ROOT step for a 2-D W (or a stacked (L, m, n) W, slice by slice).
 
     Returns (new_w, new_mom). Clipping happens when clip_threshold (a fixed eps, used as
     given) or clip_quantile (eps = quantile(|U|, q) + 1e-9) is set; clip_threshold wins.
     """
     w, mom, g = (np.asarray(a, dtype=np.float64) for a in (w, mom, g))
-    kw = dict(lr=lr, beta=beta, nesterov=nesterov, wd=wd, clip_quantile=clip_quantile,
-              clip_threshold=clip_threshold, coeffs=coeffs, ns_steps=ns_steps,
-              shape_scale=shape_scale)
-    if w.ndim == 3:  # each slice is its own matrix: own threshold, norm and coefficients
+    kw = {
+        "lr": lr,
+        "beta": beta,
+        "nesterov": nesterov,
+        "wd": wd,
+        "clip_quantile": clip_quantile,
+        "clip_threshold": clip_threshold,
+        "coeffs": coeffs,
+        "ns_steps": ns_steps,
+        "shape_scale": shape_scale,
+    }
+    if (
+        w.ndim == 3
+    ):  # each slice is its own matrix: own threshold, norm and coefficients
         outs = [root_matrix_update(w[l], mom[l], g[l], **kw) for l in range(w.shape[0])]
         return np.stack([o[0] for o in outs]), np.stack([o[1] for o in outs])
     assert w.ndim == 2, w.shape
@@ -99,8 +121,9 @@ def root_matrix_update(w, mom, g, *, lr=1e-3, beta=0.95, nesterov=True, wd=0.1,
     return w, mom
 
 
-def adamw_update(w, m, v, g, t, *, lr=1e-3, wd=0.1, b1=0.9, b2=0.95, eps=1e-8,
-                 form="optax"):
+def adamw_update(
+    w, m, v, g, t, *, lr=1e-3, wd=0.1, b1=0.9, b2=0.95, eps=1e-8, form="optax"
+):
     """One AdamW step (t counts from 1). Returns (new_w, new_m, new_v).
 
     form='optax' (default, = torch.optim.AdamW):
@@ -124,25 +147,58 @@ def adamw_update(w, m, v, g, t, *, lr=1e-3, wd=0.1, b1=0.9, b2=0.95, eps=1e-8,
     return w, m, v
 
 
-def reference_root(params, grads_per_step, *, lr=1e-3, beta=0.95, nesterov=True, wd=0.1,
-                   clip_quantile=0.9, clip_threshold=None, coeffs="reference", ns_steps=5,
-                   shape_scale="rms", adam_b1=0.9, adam_b2=0.95, adam_eps=1e-8,
-                   adam_lr=None, adam_wd=None, matrix_keys=None, stacked_keys=(),
-                   adam_form="optax"):
+def reference_root(
+    params,
+    grads_per_step,
+    *,
+    lr=1e-3,
+    beta=0.95,
+    nesterov=True,
+    wd=0.1,
+    clip_quantile=0.9,
+    clip_threshold=None,
+    coeffs="reference",
+    ns_steps=5,
+    shape_scale="rms",
+    adam_b1=0.9,
+    adam_b2=0.95,
+    adam_eps=1e-8,
+    adam_lr=None,
+    adam_wd=None,
+    matrix_keys=None,
+    stacked_keys=(),
+    adam_form="optax",
+):
     """Run ROOT on a dict of float64 arrays; returns the params dict after every step.
 
     Matrix branch: keys in stacked_keys (3-D, per slice), plus 2-D arrays (or exactly the
     keys in matrix_keys when given). Everything else goes to AdamW.
     """
     params = {k: np.array(p, dtype=np.float64) for k, p in params.items()}
-    is_matrix = {k: k in stacked_keys or (p.ndim == 2 if matrix_keys is None
-                                          else k in matrix_keys)
-                 for k, p in params.items()}
-    mkw = dict(lr=lr, beta=beta, nesterov=nesterov, wd=wd, clip_quantile=clip_quantile,
-               clip_threshold=clip_threshold, coeffs=coeffs, ns_steps=ns_steps,
-               shape_scale=shape_scale)
-    akw = dict(lr=lr if adam_lr is None else adam_lr, wd=wd if adam_wd is None else adam_wd,
-               b1=adam_b1, b2=adam_b2, eps=adam_eps, form=adam_form)
+    is_matrix = {
+        k: k in stacked_keys
+        or (p.ndim == 2 if matrix_keys is None else k in matrix_keys)
+        for k, p in params.items()
+    }
+    mkw = {
+        "lr": lr,
+        "beta": beta,
+        "nesterov": nesterov,
+        "wd": wd,
+        "clip_quantile": clip_quantile,
+        "clip_threshold": clip_threshold,
+        "coeffs": coeffs,
+        "ns_steps": ns_steps,
+        "shape_scale": shape_scale,
+    }
+    akw = {
+        "lr": lr if adam_lr is None else adam_lr,
+        "wd": wd if adam_wd is None else adam_wd,
+        "b1": adam_b1,
+        "b2": adam_b2,
+        "eps": adam_eps,
+        "form": adam_form,
+    }
     mom = {k: np.zeros_like(p) for k, p in params.items()}
     vel = {k: np.zeros_like(p) for k, p in params.items()}
     history = []
@@ -172,11 +228,20 @@ if __name__ == "__main__":
     for n in (1, 2, 7, 1000):
         x = rng.standard_normal(n)
         for q in (0.0, 0.1, 0.5, 0.9, 0.95, 1.0):
-            assert np.isclose(torch_quantile(x, q), np.quantile(x, q, method="linear"),
-                              rtol=0, atol=1e-15)
+            assert np.isclose(
+                torch_quantile(x, q),
+                np.quantile(x, q, method="linear"),
+                rtol=0,
+                atol=1e-15,
+            )
     # (3) three steps on a mixed tree.
-    shapes = {"w_sq": (64, 64), "w_wide": (32, 96), "w_tall": (96, 32), "bias": (32,),
-              "stack": (3, 16, 24)}
+    shapes = {
+        "w_sq": (64, 64),
+        "w_wide": (32, 96),
+        "w_tall": (96, 32),
+        "bias": (32,),
+        "stack": (3, 16, 24),
+    }
     params = {k: rng.standard_normal(s) * 0.1 for k, s in shapes.items()}
     before = {k: p.copy() for k, p in params.items()}
     grads = [{k: rng.standard_normal(s) for k, s in shapes.items()} for _ in range(3)]

@@ -14,22 +14,33 @@ import root_optax
 from tests import reference_numpy as ref
 
 STEPS = 3
-SMALL = {"square": (64, 64), "wide": (32, 96), "tall": (96, 32), "bias": (32,),
-         "stack": (3, 16, 24)}
+SMALL = {
+    "square": (64, 64),
+    "wide": (32, 96),
+    "tall": (96, 32),
+    "bias": (32,),
+    "stack": (3, 16, 24),
+}
 # One of the authors' table shapes, the cheapest: its square entry is the one
 # that amplifies singular values, so reproducing it exactly matters.
 WITH_TABLE_SHAPE = {**SMALL, "table": (2048, 2048)}
-DIMS = {"square": MuonDimensionNumbers(), "wide": MuonDimensionNumbers(),
-        "tall": MuonDimensionNumbers(), "table": MuonDimensionNumbers(),
-        "bias": None, "stack": MuonDimensionNumbers(1, 2)}
+DIMS = {
+    "square": MuonDimensionNumbers(),
+    "wide": MuonDimensionNumbers(),
+    "tall": MuonDimensionNumbers(),
+    "table": MuonDimensionNumbers(),
+    "bias": None,
+    "stack": MuonDimensionNumbers(1, 2),
+}
 
 
 def problem(shapes, seed=0):
     rng = np.random.default_rng(seed)
     params = {k: rng.standard_normal(s) * 0.1 for k, s in shapes.items()}
     # Heavy-tailed gradients: the 0.9-quantile clip has real outliers to cut.
-    grads = [{k: rng.standard_t(2, size=s) for k, s in shapes.items()}
-             for _ in range(STEPS)]
+    grads = [
+        {k: rng.standard_t(2, size=s) for k, s in shapes.items()} for _ in range(STEPS)
+    ]
     return params, grads
 
 
@@ -48,15 +59,17 @@ def run_root(params, grads, dtype, **kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the reference's fallback warning
         for g in grads:
-            params, state = step(params, state, {k: jnp.asarray(v, dtype)
-                                                 for k, v in g.items()})
+            params, state = step(
+                params, state, {k: jnp.asarray(v, dtype) for k, v in g.items()}
+            )
             history.append({k: np.asarray(v, np.float64) for k, v in params.items()})
     return history
 
 
 def reference(params, grads, **kwargs):
-    return ref.reference_root(params, grads, stacked_keys=("stack",),
-                              adam_form="reference", **kwargs)
+    return ref.reference_root(
+        params, grads, stacked_keys=("stack",), adam_form="reference", **kwargs
+    )
 
 
 def assert_close(got, want, rtol):
@@ -74,15 +87,17 @@ def table_problem():
 
 def test_float64_equals_reference_on_mixed_tree_with_table_shape(x64):
     params, grads, want = table_problem()
-    got = run_root(params, grads, jnp.float64, learning_rate=1e-3,
-                   ns_coeffs="reference")
+    got = run_root(
+        params, grads, jnp.float64, learning_rate=1e-3, ns_coeffs="reference"
+    )
     assert_close(got, want, 1e-8)
 
 
 def test_float32_within_1e3_of_float64_reference():
     params, grads, want = table_problem()
-    got = run_root(params, grads, jnp.float32, learning_rate=1e-3,
-                   ns_coeffs="reference")
+    got = run_root(
+        params, grads, jnp.float32, learning_rate=1e-3, ns_coeffs="reference"
+    )
     assert_close(got, want, 1e-3)
 
 
@@ -90,14 +105,28 @@ def test_float32_within_1e3_of_float64_reference():
     "ours, theirs",
     [
         # The paper's plain form: no clip, no Nesterov, no shape factor.
-        (dict(clip_quantile=None, nesterov=False, shape_scale=None),
-         dict(clip_quantile=None, nesterov=False, shape_scale=None)),
+        (
+            {"clip_quantile": None, "nesterov": False, "shape_scale": None},
+            {"clip_quantile": None, "nesterov": False, "shape_scale": None},
+        ),
         # Muon's coefficients and width factor.
-        (dict(ns_coeffs="muon", clip_quantile=None, shape_scale="muon"),
-         dict(coeffs="muon", clip_quantile=None, shape_scale="muon")),
-        (dict(clip_threshold=0.5, ns_steps=4), dict(clip_threshold=0.5, ns_steps=4)),
-        (dict(beta=0.8, weight_decay=0.0, adam_b1=0.8, adam_learning_rate=3e-3),
-         dict(beta=0.8, wd=0.0, adam_b1=0.8, adam_lr=3e-3)),
+        (
+            {"ns_coeffs": "muon", "clip_quantile": None, "shape_scale": "muon"},
+            {"coeffs": "muon", "clip_quantile": None, "shape_scale": "muon"},
+        ),
+        (
+            {"clip_threshold": 0.5, "ns_steps": 4},
+            {"clip_threshold": 0.5, "ns_steps": 4},
+        ),
+        (
+            {
+                "beta": 0.8,
+                "weight_decay": 0.0,
+                "adam_b1": 0.8,
+                "adam_learning_rate": 3e-3,
+            },
+            {"beta": 0.8, "wd": 0.0, "adam_b1": 0.8, "adam_lr": 3e-3},
+        ),
     ],
 )
 def test_options_reach_reference_variants(x64, ours, theirs):

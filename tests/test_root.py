@@ -106,7 +106,14 @@ def test_adam_branch_has_its_own_hyperparameters():
     w, m, v = np.ones(4), np.zeros(4), np.zeros(4)
     for t in range(1, 4):
         w, m, v = ref.adamw_update(
-            w, m, v, np.asarray(grads["v"]), t, lr=0.1, wd=0.0, eps=1e-3,
+            w,
+            m,
+            v,
+            np.asarray(grads["v"]),
+            t,
+            lr=0.1,
+            wd=0.0,
+            eps=1e-3,
             form="reference",
         )
     np.testing.assert_allclose(got, w, rtol=1e-6)
