@@ -61,3 +61,18 @@ def test_selection_compiles_without_sort_while_jnp_quantile_sorts():
 def test_rejects_integer_input():
     with pytest.raises(TypeError, match="abs_quantile"):
         abs_quantile(jnp.arange(4), 0.5)
+
+
+def test_sharded_input_is_reduced_not_gathered(rng):
+    devices = jax.devices()
+    if len(devices) < 2:
+        pytest.skip("needs several (host) devices; conftest asks XLA for 8")
+    mesh = jax.sharding.Mesh(np.array(devices), ("d",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d", None))
+    x = rng.standard_normal((8 * len(devices), 96)).astype(np.float32)
+    xs = jax.device_put(x, sharding)
+    fn = jax.jit(lambda x: abs_quantile(x, 0.9))
+    hlo = fn.lower(xs).compile().as_text()
+    assert "all-gather" not in hlo
+    assert "all-reduce" in hlo
+    np.testing.assert_allclose(fn(xs), np.quantile(np.abs(x), 0.9), rtol=1e-6)
