@@ -192,12 +192,14 @@ def newton_schulz_transform(
         return view.from_batch(out).astype(u.dtype)
 
     def init_fn(params):
-        _dimension_numbers.check_fits(params, weight_dimension_numbers, fn)
         if params is not None and not isinstance(ns_coeffs, str):
-            # User tables and callables are checked for every shape now.
+            # One walk checks the dimension numbers and, for user tables and
+            # callables, the coefficients of every shape.
             _dimension_numbers.map_matrices(
                 lambda x, view: coefficients(view), params, weight_dimension_numbers, fn
             )
+        else:
+            _dimension_numbers.check_fits(params, weight_dimension_numbers, fn)
         return optax.EmptyState()
 
     def update_fn(updates, state, params=None):
