@@ -15,6 +15,7 @@ from root_optax import (
     _clipping,
     _coefficients,
     _dimension_numbers,
+    _distributed,
     _momentum,
     _newton_schulz,
     _nonfinite,
@@ -35,6 +36,7 @@ def scale_by_root(
     ns_eps: float = 1e-7,
     ns_dtype: jax.typing.DTypeLike | None = None,
     weight_dimension_numbers: _dimension_numbers.WeightDimensionNumbers = None,
+    distributed: _distributed.Distributed = False,
 ) -> optax.GradientTransformation:
     r"""ROOT's direction: momentum, then robust clipping, then AdaNewton.
 
@@ -61,6 +63,11 @@ def scale_by_root(
       ns_eps: Frobenius-norm epsilon of :func:`adaptive_newton_schulz`.
       ns_dtype: Newton–Schulz compute dtype, see :func:`orthogonalize`.
       weight_dimension_numbers: see :func:`adaptive_newton_schulz`.
+      distributed: ``False``, ``True`` or a :class:`jax.sharding.Mesh`: give
+        every device whole matrices to clip and orthogonalize, see
+        :func:`adaptive_newton_schulz`. The clip then runs on the device that
+        owns the matrix, in the same ``distributed`` block (its threshold is
+        device-local); results and state structure equal the default mode's.
 
     Returns:
       An :class:`optax.GradientTransformation` (an :func:`optax.chain`).
@@ -83,6 +90,7 @@ def scale_by_root(
         ns_steps=ns_steps,
         ns_eps=ns_eps,
         ns_dtype=ns_dtype,
+        distributed=distributed,
     )
     return _direction("scale_by_root", weight_dimension_numbers, **direction)
 
@@ -108,6 +116,7 @@ def _direction_args(fn: str, **args) -> dict[str, Any]:
         args["ns_dtype"],
         eps_name="ns_eps",
     )
+    args["distributed"] = _distributed.check_distributed(fn, args["distributed"])
     return args
 
 
@@ -124,18 +133,33 @@ def _direction(
     ns_steps,
     ns_eps,
     ns_dtype,
+    distributed,
 ) -> optax.GradientTransformation:
-    """momentum -> robust clip -> AdaNewton, with validated arguments."""
-    steps = [_momentum.momentum_transform(beta, nesterov, mu_dtype)]
+    """momentum -> robust clip -> AdaNewton, with validated arguments.
+
+    Distributed, the clip runs inside AdaNewton's distributed block, on each
+    matrix's owner; ``optax.identity()`` keeps its place (and ``EmptyState``) in
+    the chain, so both modes have the same state structure.
+    """
+    clip = None
     if clip_quantile is not None or clip_threshold is not None:
-        steps.append(
-            _clipping.clip_transform(
-                fn, clip_quantile, clip_threshold, 1e-9, weight_dimension_numbers
-            )
-        )
+        clip = (clip_quantile, clip_threshold, 1e-9)
+    steps = [_momentum.momentum_transform(beta, nesterov, mu_dtype)]
+    if clip is not None and distributed is False:
+        # The sharding-safe twin of _clipping.clip_transform (same rule).
+        steps.append(_distributed.clip_transform(fn, *clip, weight_dimension_numbers))
+    elif clip is not None:
+        steps.append(optax.identity())
     steps.append(
         _newton_schulz.newton_schulz_transform(
-            fn, ns_coeffs, ns_steps, ns_eps, ns_dtype, weight_dimension_numbers
+            fn,
+            ns_coeffs,
+            ns_steps,
+            ns_eps,
+            ns_dtype,
+            weight_dimension_numbers,
+            distributed=distributed,
+            clip=None if distributed is False else clip,
         )
     )
     return optax.chain(*steps)
@@ -256,6 +280,7 @@ def root(
     ns_eps: float = 1e-7,
     ns_dtype: jax.typing.DTypeLike | None = None,
     skip_nonfinite: bool = True,
+    distributed: _distributed.Distributed = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""ROOT, the Robust Orthogonalized Optimizer, with AdamW for non-matrices.
 
@@ -315,6 +340,13 @@ def root(
     ns_dtype: Newton–Schulz compute dtype, see :func:`orthogonalize`.
     skip_nonfinite: skip steps with NaN/Inf gradients, see
       :func:`skip_nonfinite`.
+    distributed: ``False`` (default), ``True`` (the mesh set with
+      :func:`jax.set_mesh`) or a :class:`jax.sharding.Mesh`: clip and
+      orthogonalize every matrix on one device that owns it, each device its
+      share, instead of every matrix where it lies; same results, about
+      ``1 / devices`` of the Newton–Schulz FLOPs per device. For FSDP /
+      tensor-parallel meshes with many matrices; see
+      :func:`adaptive_newton_schulz`.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -353,6 +385,7 @@ def root(
         ns_steps=ns_steps,
         ns_eps=ns_eps,
         ns_dtype=ns_dtype,
+        distributed=distributed,
     )
     mu_dtype = direction["mu_dtype"]
     _scaling.check_args(fn, learning_rate, shape_scale, rms, weight_decay)
