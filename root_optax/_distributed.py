@@ -57,27 +57,48 @@ def explicit_sharding(x: Any) -> NamedSharding | None:
     return None
 
 
-def _with_auto_axes(kernel: Callable, args: tuple, shardings: tuple) -> Any:
-    """``kernel(*args)`` with every mesh axis Auto, outputs in ``shardings``.
+def _with_auto_axes(
+    kernel: Callable, args: tuple, shardings: tuple, consts: Any = ()
+) -> Any:
+    """``kernel(*args, consts)`` with every mesh axis Auto, outputs (a tuple) in
+    ``shardings``.
 
     Under explicit axes, reshapes of sharded dimensions and products over
     sharded contractions need an output sharding at every step; inside
     :func:`jax.sharding.auto_axes` the compiler chooses them, as under Auto
     axes, and the outputs come back in the explicit ``shardings`` given.
+    ``consts`` holds what the kernel would otherwise close over that may be
+    traced (hyperparameters from :func:`optax.inject_hyperparams`): those arrays
+    enter as arguments, since a traced value captured from outside keeps the
+    explicit mesh's type.
     """
+    flat, treedef = jax.tree.flatten(consts)
+    traced = [isinstance(c, jax.Array) for c in flat]
+
+    def inner(*inputs):
+        dynamic = iter(inputs[len(args) :])
+        leaves = [next(dynamic) if t else c for c, t in zip(flat, traced)]
+        return kernel(*inputs[: len(args)], jax.tree.unflatten(treedef, leaves))
+
+    dynamic = tuple(c for c, t in zip(flat, traced) if t)
     with jax.sharding.use_abstract_mesh(shardings[0].mesh):
-        return jax.sharding.auto_axes(kernel, out_sharding=shardings)(*args)
+        return jax.sharding.auto_axes(inner, out_sharding=shardings)(*args, *dynamic)
 
 
-def map_leaf(kernel: Callable[[jax.Array], jax.Array], x: jax.Array) -> jax.Array:
-    """``kernel(x)`` for a leaf that may be sharded over explicit mesh axes.
+def map_leaf(
+    kernel: Callable[[jax.Array, Any], jax.Array], x: jax.Array, consts: Any = ()
+) -> jax.Array:
+    """``kernel(x, consts)`` for a leaf that may be sharded over explicit axes.
 
     ``kernel`` must return an array of ``x``'s shape; it keeps ``x``'s sharding.
+    ``consts`` are the values the kernel uses that may be traced, see
+    :func:`_with_auto_axes`.
     """
     sharding = explicit_sharding(x)
     if sharding is None:
-        return kernel(x)
-    return _with_auto_axes(lambda y: (kernel(y),), (x,), (sharding,))[0]
+        return kernel(x, consts)
+    wrapped = lambda y, c: (kernel(y, c),)
+    return _with_auto_axes(wrapped, (x,), (sharding,), consts)[0]
 
 
 def matrix_abs_quantile(x: jax.Array, q: jax.typing.ArrayLike) -> jax.Array:
@@ -138,11 +159,11 @@ def clip_transform(
     """
 
     def clip_leaf(u, view):
-        def kernel(x):
-            out = clip_matrices(view.to_batch(x), quantile, threshold, offset)
+        def kernel(x, consts):
+            out = clip_matrices(view.to_batch(x), *consts)
             return view.from_batch(out).astype(x.dtype)
 
-        return map_leaf(kernel, u)
+        return map_leaf(kernel, u, (quantile, threshold, offset))
 
     def init_fn(params):
         _dimension_numbers.check_fits(params, weight_dimension_numbers, fn)
@@ -268,10 +289,11 @@ def _route(layout: Layout, mesh_axes: tuple[str, ...]) -> list[PartitionSpec]:
 
 def map_owned(
     fn: str,
-    kernel: Callable[[jax.Array, tuple[int, int]], jax.Array],
+    kernel: Callable[[jax.Array, tuple[int, int], Any], jax.Array],
     tree: Any,
     dimension_numbers: _dimension_numbers.WeightDimensionNumbers,
     distributed: Distributed,
+    consts: Any = (),
 ) -> Any:
     """Apply ``kernel`` to every matrix of ``tree``, each device on whole matrices.
 
@@ -281,8 +303,9 @@ def map_owned(
     resharded so that the batch is split over all mesh axes: each device holds
     whole matrices. Under :func:`jax.shard_map` each device then takes its
     matrices of one ``(min(m, n), max(m, n))`` shape, tall ones transposed, and
-    runs ``kernel(local_stack, (min, max))`` on them: local work, no
-    communication. The results go back the same way to the leaves' shardings.
+    runs ``kernel(local_stack, (min, max), consts)`` on them: local work, no
+    communication (``consts``: values the kernel uses that may be traced, see
+    :func:`_with_auto_axes`). The results go back the same way to the leaves' shardings.
 
     Under explicit axes the leaves' shardings are known when tracing: a stack
     moves to its owners one mesh axis at a time (all-to-alls, see
@@ -312,7 +335,8 @@ def map_owned(
         for sharding, view in zip(explicit, views)
     ]
 
-    def compute(*leaves):
+    def compute(*inputs):
+        *leaves, consts = inputs
         ambient = jax.sharding.get_abstract_mesh()
         # Inside auto_axes the ambient mesh is the Auto-typed twin of the mesh.
         use = ambient if not ambient.empty and _same_axes(ambient, mesh) else mesh
@@ -351,9 +375,8 @@ def map_owned(
                 wide = [
                     jnp.swapaxes(stacks[j], 1, 2) if tall[j] else stacks[j] for j in js
                 ]
-                out = kernel(
-                    jnp.concatenate(wide) if len(wide) > 1 else wide[0], (rows, cols)
-                )
+                stack = jnp.concatenate(wide) if len(wide) > 1 else wide[0]
+                out = kernel(stack, (rows, cols), consts)
                 start = 0
                 for j in js:
                     piece = out[start : start + stacks[j].shape[0]]
@@ -385,9 +408,9 @@ def map_owned(
 
     if any(s is not None for s in explicit):
         shardings = tuple(jax.typeof(u).sharding for u in leaves)
-        outs = _with_auto_axes(compute, leaves, shardings)
+        outs = _with_auto_axes(compute, leaves, shardings, consts)
     else:
-        outs = compute(*leaves)
+        outs = compute(*leaves, consts)
     return jax.tree.map(
         lambda x: outs[x.index] if isinstance(x, _Slot) else x,
         marked,

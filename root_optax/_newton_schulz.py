@@ -142,20 +142,28 @@ def adaptive_newton_schulz(
 
     Sharded matrices (:class:`jax.sharding.NamedSharding`, Auto or Explicit mesh
     axes) work as they are and keep their shardings. By default each matrix is
-    orthogonalized where it lies, and the compiler partitions the matrix
-    products of a sharded matrix, gathering its shards at every iteration.
-    ``distributed`` instead gives every device whole matrices: the matrices
-    (every slice of stacked leaves too) are grouped by shape, each group stacked
-    into a ``(batch, min, max)`` array padded to a multiple of the device count,
-    the batch sharded over all mesh axes, and each device runs the iteration on
-    its own share, locally; the results return in the params' shardings. The
-    result equals the default mode's; the Newton–Schulz FLOPs per device drop to
-    about ``1 / devices`` of orthogonalizing every matrix on every device, at the
-    cost of moving each matrix to its owner and back once per step. Use it with
-    FSDP or tensor-parallel meshes and many matrices, at least as many of a
-    shape as devices (a group smaller than the device count is padded with zero
-    matrices, whose iterations are wasted work); it brings nothing on one
-    device.
+    orthogonalized where it lies: the compiler partitions the products of a
+    sharded matrix over the mesh and gathers its shards at every iteration.
+
+    ``distributed`` gives every device whole matrices instead. The matrices
+    (every slice of stacked leaves too) of one shape are stacked into a
+    ``(batch, m, n)`` array, padded with zero matrices to a multiple of the
+    device count, and resharded so that the batch is split over all mesh axes;
+    each device then runs the iteration on its own matrices, locally, and the
+    results go back to the params' layout. The result equals the default
+    mode's (to float32 rounding); the Newton–Schulz FLOPs per device are
+    ``1 / devices`` of orthogonalizing every matrix on every device, and the
+    communication is one move of each matrix to its owner and back per step
+    instead of gathers at every iteration. Under explicit axes the moves are
+    all-to-alls over one mesh axis at a time (never a gather) and the updates
+    come back in exactly the params' shardings; under Auto axes the compiler
+    chooses both (it may gather a stack sharded over several axes, and it
+    places the updates as its propagation decides).
+
+    Use it for FSDP or tensor-parallel meshes with many matrices: at least as
+    many of each shape as devices, ideally a multiple (the padding matrices are
+    wasted work). It brings nothing on one device or with fewer matrices than
+    devices.
 
     Args:
       ns_coeffs: coefficient preset or table, see :func:`orthogonalize`.
@@ -230,17 +238,20 @@ def newton_schulz_transform(
             fn, ns_coeffs, view.matrix_shape, ns_steps
         )
 
+    # eps and the clip's quantile/threshold may be traced (inject_hyperparams):
+    # the kernels take them as arguments (see _distributed.map_leaf).
     def orthogonalize_leaf(u, view):
-        def kernel(x):
+        def kernel(x, eps):
             compute_dtype = _compute_dtype(x.dtype, ns_dtype)
             out = _orthogonalize_batch(
                 view.to_batch(x), coefficients(view), eps, compute_dtype
             )
             return view.from_batch(out).astype(x.dtype)
 
-        return _distributed.map_leaf(kernel, u)
+        return _distributed.map_leaf(kernel, u, eps)
 
-    def orthogonalize_owned(stack, shape):
+    def orthogonalize_owned(stack, shape, consts):
+        eps, clip = consts
         if clip is not None:
             stack = _distributed.clip_matrices(stack, *clip)
         coeffs = _coefficients.coefficients_for_shape(fn, ns_coeffs, shape, ns_steps)
@@ -273,6 +284,7 @@ def newton_schulz_transform(
                 updates,
                 weight_dimension_numbers,
                 distributed,
+                consts=(eps, clip),
             )
         return updates, state
 

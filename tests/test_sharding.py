@@ -1,10 +1,10 @@
 """Sharded params on 8 host devices: 1-D (FSDP) and 2-D (data x model) meshes with
 explicit and auto axes; the distributed orthogonalization mode; no gathers.
 
-Ground truth is the single-device result of the same optimizer (and, for the
-distributed mode, the default mode): the sharded runs must match it within
-1e-5 relative (float32) over several steps, on a tree of a wide, a tall and a
-column-sharded matrix, a stacked 3-D weight and a bias.
+Ground truth is the single-device result of the same optimizer in the default
+mode: the sharded runs, in both modes, must match it within 1e-5 relative
+(float32) over several steps, on a tree of a wide and a tall matrix, a stacked
+3-D weight (slices of the wide shape, sharded differently) and a bias.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ AXIS_TYPES = {"explicit": AxisType.Explicit, "auto": AxisType.Auto}
 CASES = [(m, a) for m in MESHES for a in AXIS_TYPES]
 STEPS = 3
 LR = 0.02
-NS_STEPS = 2  # two Newton–Schulz steps compile faster and test the same code
+NS_STEPS = 1  # one Newton–Schulz step compiles faster and tests the same code
 
 
 def make_mesh(mesh_name: str, axis_type: str) -> jax.sharding.Mesh:
@@ -227,11 +227,14 @@ def apply_blocks(grads, params, distributed=True):
     }
 
 
-@pytest.mark.parametrize(("mesh_name", "axis_type"), CASES)
+@pytest.mark.parametrize(
+    ("mesh_name", "axis_type"), [("fsdp", "auto"), ("data_model", "explicit")]
+)
 def test_building_blocks_sharded(mesh_name, axis_type):
     """Values equal the single-device ones; outputs keep the params' shardings
     (explicit axes: always; auto axes: where the compiler's propagation puts
-    them, which for the distributed mode alone may differ, see the README)."""
+    them, which for the distributed mode alone may differ, see the README).
+    Both meshes and both axis types: root() runs all four combinations."""
     want = single_device_blocks()
     mesh = make_mesh(mesh_name, axis_type)
     with jax.set_mesh(mesh):
@@ -262,8 +265,9 @@ def test_robust_clip_fsdp_auto_is_reductions_only():
     hlo = fn.lower(x).compile().as_text()
     assert count(hlo, "all-gather") == 0
     assert count(hlo, "all-reduce") > 0
-    want = root_optax.robust_clip(0.9).update(GRADS[0]["wide"], None)[0]
-    np.testing.assert_array_equal(fn(x), want)
+    u = GRADS[0]["wide"]
+    eps = np.quantile(np.abs(u.astype(np.float64)), 0.9) + 1e-9
+    np.testing.assert_allclose(fn(x), np.clip(u, -eps, eps), rtol=1e-6)
 
 
 @pytest.mark.xfail(
@@ -287,10 +291,11 @@ def test_robust_clip_alone_is_reductions_only(mesh_name, axis_type):
 # 3. The clip's threshold is reductions only: no all-gather.
 
 
-@pytest.mark.parametrize("axis_type", ["auto"])
+@pytest.mark.parametrize("axis_type", list(AXIS_TYPES))
 def test_root_clip_step_adds_no_gather(axis_type):
     """On the 2-D mesh, where flattening a matrix would gather it, root()'s
-    clip adds no all-gather to the step (Newton–Schulz has its own)."""
+    clip adds no all-gather to the default-mode step (Newton–Schulz has its
+    own there) but all-reduces of its counts."""
     *_, with_clip = compiled_root("data_model", axis_type, distributed=False)
     *_, no_clip = compiled_root(
         "data_model", axis_type, distributed=False, clip_quantile=None
@@ -397,48 +402,63 @@ def test_where_muon_raises_under_explicit_axes_root_works():
 # 5. The distributed argument: a mesh object, validation, errors.
 
 
-def test_distributed_takes_a_mesh_without_ambient_mesh():
-    """A Mesh passed as distributed= works on auto-sharded params under plain jit,
-    and a 1-device mesh distributes over one device."""
-    mesh = make_mesh("fsdp", "auto")
+def test_distributed_finds_its_mesh_without_ambient_mesh():
+    """No jax.set_mesh: a Mesh passed as distributed= works on auto-sharded
+    params, a 1-device mesh (explicit axes, as make_mesh makes them) on
+    unsharded ones, and distributed=True takes the mesh of explicit shardings."""
+    auto, explicit = make_mesh("fsdp", "auto"), make_mesh("data_model", "explicit")
+    one = jax.make_mesh((1,), ("one",), devices=jax.devices()[:1])
     tree = {k: PARAMS[k] for k in ("wide", "tall", "stack")}
     dims = {k: DIMS[k] for k in tree}
     plain = root_optax.adaptive_newton_schulz(
         "muon", NS_STEPS, weight_dimension_numbers=dims
     )
     want = jax.jit(lambda u: plain.update(u, None)[0])(tree)
-    # make_mesh's axes are explicit by default; these arrays are unsharded.
-    one = jax.make_mesh((1,), ("one",), devices=jax.devices()[:1])
     for target, x in [
-        (mesh, shard(tree, mesh, MESHES["fsdp"][1])),
+        (auto, shard(tree, auto, MESHES["fsdp"][1])),
         (one, tree),
+        (True, shard(tree, explicit, MESHES["data_model"][1])),
     ]:
         tx = root_optax.adaptive_newton_schulz(
             "muon", NS_STEPS, weight_dimension_numbers=dims, distributed=target
         )
         got = jax.jit(lambda u, tx=tx: tx.update(u, None)[0])(x)
         assert_close(got, want)
+        if target is True:  # explicit axes: exactly the params' shardings
+            for k in tree:
+                assert type_spec(got[k]) == type_spec(x[k]), k
 
 
-def test_distributed_with_injected_hyperparams():
-    """inject_hyperparams keeps distributed static and traces clip_quantile,
-    which the distributed block closes over."""
-    mesh = make_mesh("fsdp", "auto")
-    with jax.set_mesh(mesh):
-        params = shard(PARAMS, mesh, MESHES["fsdp"][1])
-        grads = [shard(g, mesh, MESHES["fsdp"][1]) for g in GRADS[:2]]
-        injected = optax.inject_hyperparams(root_optax.root, static_args="ns_steps")(
-            LR,
+def test_injected_hyperparams_explicit_axes():
+    """inject_hyperparams keeps distributed static and traces clip_quantile and
+    ns_eps, which the clip and Newton–Schulz kernels take into auto_axes
+    (explicit axes) and shard_map (distributed) as arguments."""
+
+    def make(distributed, inject):
+        factory = root_optax.scale_by_root
+        if inject:
+            factory = optax.inject_hyperparams(factory, static_args="ns_steps")
+        return factory(
             clip_quantile=0.9,
             ns_coeffs="muon",
             ns_steps=NS_STEPS,
             weight_dimension_numbers=DIMS,
-            distributed=True,
+            distributed=distributed,
         )
-        got, *_ = run(injected, params, grads)
-    want, *_ = single_device(distributed=False)
-    for g, w in zip(got, want):
-        assert_close(g, w)
+
+    def updates(grads, distributed, inject):
+        tx = make(distributed, inject)
+        return tx.update(grads, tx.init(grads))[0]
+
+    want = jax.jit(updates, static_argnums=(1, 2))(GRADS[0], False, False)
+    mesh = make_mesh("data_model", "explicit")
+    with jax.set_mesh(mesh):
+        grads = shard(GRADS[0], mesh, MESHES["data_model"][1])
+        got = jax.jit(lambda g: [updates(g, d, True) for d in (False, True)])(grads)
+    for g in got:
+        assert_close(g, want)
+        for k in grads:
+            assert type_spec(g[k]) == type_spec(grads[k]), k
 
 
 FACTORIES = {
