@@ -7,7 +7,9 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-MUON_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+from root_optax import coefficients
+
+MUON_COEFFICIENTS = coefficients.MUON
 """Keller Jordan's Muon quintic, used for every shape by ``ns_coeffs="muon"``."""
 
 REFERENCE_TABLE: Mapping[tuple[int, int], tuple[float, float, float]] = {
@@ -17,13 +19,6 @@ REFERENCE_TABLE: Mapping[tuple[int, int], tuple[float, float, float]] = {
     (2048, 16384): (3.1943, -3.8221, 1.5322),
 }
 """The ROOT authors' table, keyed by ``(min(m, n), max(m, n))``."""
-
-# Our default until a fitted table ships: the authors' table without its square
-# entry. That entry's one-step maximum (1.2246) lies above its repelling fixed
-# point (1.2236), so some normalized singular values grow to 3.3 in 5 steps and
-# ~679 in 6; every entry kept here maps [0, 1] into a bounded band at any step
-# count (tests/test_coefficients.py checks this).
-_ROOT_TABLE = {k: v for k, v in REFERENCE_TABLE.items() if k != (2048, 2048)}
 
 PRESETS = ("root", "reference", "muon")
 
@@ -101,7 +96,9 @@ def coefficients_for_shape(
         if ns_coeffs == "muon":
             value = MUON_COEFFICIENTS
         elif ns_coeffs == "root":
-            value = _ROOT_TABLE.get(key, MUON_COEFFICIENTS)
+            # Fitted per shape and step count, safe by construction; off-grid
+            # shapes interpolate, see root_optax.coefficients.lookup.
+            value = coefficients.lookup(key, ns_steps)
         else:
             value = REFERENCE_TABLE.get(key)
             if value is None:

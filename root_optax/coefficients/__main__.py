@@ -1,0 +1,94 @@
+"""Command line: ``python -m root_optax.coefficients {fit,table,record} ...``.
+
+``fit 4096 11008 --steps 5`` prints fitted coefficients and their measured
+error per spectrum family next to Muon's; ``table`` regenerates the shipped
+``table.json`` (deterministic); ``record`` regenerates
+``recorded_spectra.json`` by training the demo model (needs flax).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from root_optax.coefficients import _fit, _safety, _spectra, _table
+
+
+def _progress(items):
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is an optional extra
+        return items
+    return tqdm(items, desc="fitting", unit="fit")
+
+
+def _cmd_fit(args) -> None:
+    result = _fit.fit((args.m, args.n), args.steps, per_iteration=args.per_iteration)
+    print(f"shape {result.shape}, {args.steps} steps, fitted in {result.seconds:.3f} s")
+    with np.printoptions(precision=6, suppress=True):
+        print("coefficients (a, b, c) per iteration:")
+        print(result.coefficients)
+    lo, hi = result.output_range
+    delta = _safety.safe_delta(args.steps)
+    print(f"output singular values for s in [{delta:.4g}, 1]: [{lo:.4f}, {hi:.4f}]")
+    print(f"{'family':<12}{'ours':>10}{'muon':>10}{'ratio':>10}")
+    for family, error in result.errors.items():
+        muon = result.muon_errors[family]
+        print(f"{family:<12}{error:>10.4f}{muon:>10.4f}{error / muon:>10.3f}")
+
+
+def _cmd_table(args) -> None:
+    start = time.perf_counter()
+    data = _table.generate(args.out, steps=args.steps, progress=_progress)
+    count = sum(len(rows) for rows in data["entries"].values())
+    print(f"wrote {count} entries to {args.out} in {time.perf_counter() - start:.0f} s")
+    print("worst error ratio to Muon per step count/family:")
+    for key, ratio in data["worst_ratio_to_muon"].items():
+        print(f"  {key:<20}{ratio:.3f}")
+
+
+def _cmd_record(args) -> None:
+    from root_optax.coefficients import _record
+
+    data = _record.record(args.out, d_model=args.d_model, steps=args.train_steps)
+    print(f"wrote {len(data['records'])} spectra to {args.out} in {data['seconds']} s")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m root_optax.coefficients", description=__doc__.split("\n")[0]
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    fit = commands.add_parser("fit", help="fit and print coefficients for one shape")
+    fit.add_argument("m", type=int)
+    fit.add_argument("n", type=int)
+    fit.add_argument("--steps", type=int, default=5, help="Newton-Schulz steps")
+    fit.add_argument(
+        "--per-iteration", action="store_true", help="one triple per iteration"
+    )
+    fit.set_defaults(run=_cmd_fit)
+    table = commands.add_parser("table", help="regenerate the shipped table")
+    table.add_argument("--out", default=str(_table.TABLE_FILE))
+    table.add_argument(
+        "--steps", type=int, nargs="+", default=list(_safety.SUPPORTED_STEPS)
+    )
+    table.set_defaults(run=_cmd_table)
+    record = commands.add_parser("record", help="record real momentum spectra")
+    record.add_argument("--out", default=str(_spectra.RECORDED_FILE))
+    record.add_argument("--d-model", type=int, default=256)
+    record.add_argument("--train-steps", type=int, default=200)
+    record.set_defaults(run=_cmd_record)
+    args = parser.parse_args(argv)
+    for name in ("m", "n", "steps"):
+        values = np.atleast_1d(getattr(args, name, 1))
+        if np.any(values < 1):
+            parser.error(f"{name} must be positive, got {getattr(args, name)}")
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
