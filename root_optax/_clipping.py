@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import optax
 
-from root_optax import _dimension_numbers, _quantile, _validation
+from root_optax import _dimension_numbers, _distributed, _validation
 
 
 def robust_clip(
@@ -85,26 +84,12 @@ def check_args(
 def clip_transform(
     fn: str, quantile, threshold, offset, weight_dimension_numbers
 ) -> optax.GradientTransformation:
-    """:func:`robust_clip` without argument checks; errors name ``fn``."""
+    """:func:`robust_clip` without argument checks; errors name ``fn``.
 
-    def clip_leaf(u, view):
-        if threshold is not None:
-            eps = jnp.asarray(threshold, u.dtype)
-            return jnp.clip(u, -eps, eps)
-        batch = view.to_batch(u).reshape(view.batch, -1)
-        eps = jax.vmap(lambda row: _quantile.abs_quantile(row, quantile))(batch)
-        eps = (eps + offset).astype(u.dtype)[:, None]
-        return view.from_batch(jnp.clip(batch, -eps, eps)).astype(u.dtype)
-
-    def init_fn(params):
-        _dimension_numbers.check_fits(params, weight_dimension_numbers, fn)
-        return optax.EmptyState()
-
-    def update_fn(updates, state, params=None):
-        del params
-        updates = _dimension_numbers.map_matrices(
-            clip_leaf, updates, weight_dimension_numbers, fn
-        )
-        return updates, state
-
-    return optax.GradientTransformation(init_fn, update_fn)
+    Each matrix's threshold is computed by reductions over its own axes, so a
+    sharded matrix is never gathered, and leaves sharded over explicit mesh
+    axes keep their shardings (see :mod:`root_optax._distributed`).
+    """
+    return _distributed.clip_transform(
+        fn, quantile, threshold, offset, weight_dimension_numbers
+    )

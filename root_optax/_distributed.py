@@ -22,7 +22,7 @@ import numpy as np
 import optax
 from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec
 
-from root_optax import _dimension_numbers, _quantile, _validation
+from root_optax import _dimension_numbers, _quantile
 
 Distributed = bool | Mesh | AbstractMesh
 """``False`` (each matrix where it lies), ``True`` (the mesh set with
@@ -101,49 +101,16 @@ def map_leaf(
     return _with_auto_axes(wrapped, (x,), (sharding,), consts)[0]
 
 
-def matrix_abs_quantile(x: jax.Array, q: jax.typing.ArrayLike) -> jax.Array:
-    """:func:`root_optax.abs_quantile` of ``x`` over all entries, without reshaping.
-
-    The same selection (bisection on the float bits, then linear
-    interpolation), but ``x`` keeps its shape: every pass is an elementwise
-    compare and a full reduction, so a matrix sharded over several mesh axes
-    needs all-reduces of scalars only, never a gather (flattening a matrix
-    sharded over two axes would be one). ``q`` is checked by the caller.
-    """
-    x = jnp.abs(x)
-    dtype = np.dtype(x.dtype)
-    int_dtype, num_bits = _quantile._INT_OF_FLOAT[dtype]
-    num = x.size
-    index_dtype = jnp.int64 if num >= 2**31 else jnp.int32
-    if _validation.is_static_number(q):
-        position = float(q) * (num - 1)
-        k = int(np.floor(position))
-        frac = jnp.asarray(position - k, dtype)
-        k = jnp.asarray(k, index_dtype)
-    else:
-        position = jnp.asarray(q, jnp.float32) * (num - 1)
-        floor = jnp.floor(position)
-        frac = (position - floor).astype(dtype)
-        k = floor.astype(jnp.int32)
-    bits = jax.lax.bitcast_convert_type(x, int_dtype)
-    lo_bits = _quantile._kth_smallest_bits(bits, k, num_bits)
-    lo = jax.lax.bitcast_convert_type(lo_bits, dtype)
-    ties = jnp.sum(bits <= lo_bits, dtype=k.dtype) > k + 1
-    above = jnp.min(jnp.where(bits > lo_bits, x, jnp.asarray(jnp.inf, dtype)))
-    hi = jnp.where(ties | (k + 1 >= num), lo, above)
-    return jnp.where(hi == lo, lo, lo + frac * (hi - lo))
-
-
 def clip_matrices(batch: jax.Array, quantile, threshold, offset) -> jax.Array:
     """:func:`root_optax.robust_clip`'s rule on a ``(batch, m, n)`` stack.
 
     Each matrix is clipped to ``[-eps, eps]`` with ``eps = threshold`` or its own
-    ``abs_quantile(quantile) + offset`` (by :func:`matrix_abs_quantile`).
+    ``abs_quantile(quantile) + offset`` (reductions only, no reshape).
     """
     if threshold is not None:
         eps = jnp.asarray(threshold, batch.dtype)
         return jnp.clip(batch, -eps, eps)
-    eps = jax.vmap(lambda m: matrix_abs_quantile(m, quantile))(batch)
+    eps = jax.vmap(lambda m: _quantile.abs_quantile(m, quantile))(batch)
     eps = (eps + offset).astype(batch.dtype)[:, None, None]
     return jnp.clip(batch, -eps, eps)
 

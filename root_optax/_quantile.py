@@ -51,8 +51,9 @@ def abs_quantile(x: jax.Array, q: jax.typing.ArrayLike) -> jax.Array:
 
     where :math:`v_k` is the k-th smallest :math:`|x_i|`, found by bisection on
     the float's bit pattern (one counting pass per bit) and :math:`v_{k+1}` by
-    one more count and a masked minimum. Only reductions touch ``x``, so a
-    sharded ``x`` is never gathered. NaN entries count as larger than ``inf``.
+    one more count and a masked minimum. Only reductions touch ``x`` (it is never
+    reshaped), so a sharded ``x`` is never gathered, even when it is sharded
+    over several mesh axes. NaN entries count as larger than ``inf``.
 
     Args:
       x: array of any shape and floating dtype; the quantile is over all entries.
@@ -63,7 +64,7 @@ def abs_quantile(x: jax.Array, q: jax.typing.ArrayLike) -> jax.Array:
     Returns:
       A scalar of ``x``'s dtype.
     """
-    x = jnp.abs(x).reshape(-1)
+    x = jnp.abs(x)
     dtype = np.dtype(x.dtype)
     if dtype not in _INT_OF_FLOAT:
         raise TypeError(f"abs_quantile(x) needs a floating dtype, got x.dtype={dtype}.")

@@ -52,8 +52,9 @@ interval :math:`f([0, M]) \subseteq [0, M]` with :math:`M = \max f([0, 1])
 (:math:`s = 1`) comes out between 0.65 and 1.25 (Muon: 0.70), and nothing can
 blow up. A fit on Gaussian spectra alone could send :math:`F(1)` to ~18. The authors' square
 entry (2048, 2048) -> (3.4916, -4.8224, 2.1095) fails (1): its one-step maximum
-1.2246 lies above its repelling fixed point 1.2236, so values near 0.16-0.17
-and 0.54-0.57 grow to 3.3 after 5 steps and ~679 after 6.
+1.2246 lies above its repelling fixed point 1.2236, so values near 0.54-0.57
+grow to 3.3 after 5 steps (values near 0.16-0.17 reach that band one step
+later: a cascade) and to ~679 after 6.
 
 **Relation to the paper.** ROOT (arXiv 2511.20626) tunes one :math:`(a, b, c)`
 per matrix size ("fine-grained coefficients tailored to specific matrix
