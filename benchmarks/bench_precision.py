@@ -87,13 +87,6 @@ def evaluation_spectra(family: str, shape, rng) -> list[_spectra.Spectrum]:
     return _spectra.family(family, m, n)
 
 
-def output_values(spectrum, coeffs) -> np.ndarray:
-    s = spectrum.values
-    for a, b, c in coeffs:
-        s = a * s + b * s**3 + c * s**5
-    return s
-
-
 def measure(shapes, rng) -> list[dict]:
     rows = []
     delta = coefficients.safe_delta(STEPS)
@@ -108,7 +101,7 @@ def measure(shapes, rng) -> list[dict]:
             for method in METHODS:
                 coeffs = coefficients_for(method, shape)
                 errors = [coefficients.relative_polar_error(s, coeffs) for s in spectra]
-                outs = [output_values(s, coeffs) for s in spectra]
+                outs = [_spectra.apply(s.values, coeffs) for s in spectra]
                 banded = np.concatenate(
                     [o[s.values >= delta] for o, s in zip(outs, spectra, strict=True)]
                 )

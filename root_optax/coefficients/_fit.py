@@ -67,10 +67,7 @@ class _Problem:
 
     def errors(self, coeffs: np.ndarray) -> np.ndarray:
         """Relative polar error per family (mean over its spectra)."""
-        s = self.values
-        for a, b, c in coeffs:
-            s2 = s * s
-            s = s * (a + s2 * (b + c * s2))
+        s = _spectra.apply(self.values, coeffs)
         per_spectrum = np.sqrt(
             np.add.reduceat(self.weights * (s - 1) ** 2, self.starts)
         )

@@ -160,14 +160,21 @@ def family(name: str, m: int, n: int) -> list[Spectrum]:
     return [FAMILIES[name](m, n)]
 
 
+def apply(values: np.ndarray, coeffs) -> np.ndarray:
+    """Singular values after Newton–Schulz with ``coeffs`` (``(K, 3)``): each step
+    maps ``s`` to ``a s + b s^3 + c s^5``."""
+    s = np.asarray(values, dtype=np.float64)
+    for a, b, c in np.asarray(coeffs, dtype=np.float64).reshape(-1, 3):
+        s2 = s * s
+        s = s * (a + s2 * (b + c * s2))
+    return s
+
+
 def relative_polar_error(spectrum: Spectrum, coeffs) -> float:
     r"""``||X_K - U V^T||_F / ||U V^T||_F`` for a matrix with this spectrum:
     :math:`\sqrt{\sum_i w_i (F(s_i) - 1)^2 / \sum_i w_i}` (exact, since Newton–Schulz
     maps each singular value on its own and keeps the singular vectors)."""
-    s = spectrum.values
-    for a, b, c in np.asarray(coeffs, dtype=np.float64).reshape(-1, 3):
-        s2 = s * s
-        s = s * (a + s2 * (b + c * s2))
+    s = apply(spectrum.values, coeffs)
     return float(
         np.sqrt(np.sum(spectrum.weights * (s - 1) ** 2) / np.sum(spectrum.weights))
     )
