@@ -1,7 +1,5 @@
 """AdamW as the ROOT reference code writes it (epsilon before bias correction)."""
 
-from __future__ import annotations
-
 from typing import Any
 
 import jax
@@ -9,6 +7,15 @@ import jax.numpy as jnp
 import optax
 
 from root_optax import _validation
+
+
+def _at_least_float32(dtype) -> jnp.dtype:
+    """``dtype`` promoted to at least float32 precision (complex stays complex)."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def _widen(tree: Any) -> Any:
+    return jax.tree.map(lambda x: x.astype(_at_least_float32(x.dtype)), tree)
 
 
 def scale_by_adam_reference(
@@ -47,14 +54,18 @@ def scale_by_adam_reference(
 
     def update_fn(updates, state, params=None):
         del params
-        mu = optax.tree.update_moment(updates, state.mu, b1, 1)
-        nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
+        # The moment arithmetic runs in at least float32 (complex stays
+        # complex): in float16, 1e-8 / sqrt(1 - b2^t) underflows to 0 and an
+        # exactly zero gradient entry gives 0 / 0. Storage keeps its dtypes.
+        wide = jax.tree.map(lambda g: g.astype(_at_least_float32(g.dtype)), updates)
+        mu = optax.tree.update_moment(wide, _widen(state.mu), b1, 1)
+        nu = optax.tree.update_moment_per_elem_norm(wide, _widen(state.nu), b2, 2)
         count = optax.safe_increment(state.count)
         if nesterov:
             mu_hat = jax.tree.map(
                 lambda m, g: b1 * m + (1 - b1) * g,
                 optax.tree.bias_correction(mu, b1, optax.safe_increment(count)),
-                optax.tree.bias_correction(updates, b1, count),
+                optax.tree.bias_correction(wide, b1, count),
             )
         else:
             mu_hat = optax.tree.bias_correction(mu, b1, count)
@@ -66,8 +77,8 @@ def scale_by_adam_reference(
             mu_hat,
             nu_hat,
         )
-        return new_updates, optax.ScaleByAdamState(
-            count=count, mu=optax.tree.cast(mu, mu_dtype), nu=nu
-        )
+        new_mu = jax.tree.map(lambda new, old: new.astype(old.dtype), mu, state.mu)
+        new_nu = jax.tree.map(lambda new, old: new.astype(old.dtype), nu, state.nu)
+        return new_updates, optax.ScaleByAdamState(count=count, mu=new_mu, nu=new_nu)
 
     return optax.GradientTransformation(init_fn, update_fn)

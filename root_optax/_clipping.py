@@ -1,7 +1,5 @@
 """Outlier suppression: clip each matrix to a quantile of its own magnitudes."""
 
-from __future__ import annotations
-
 import jax
 import optax
 

@@ -141,6 +141,24 @@ def map_matrices(
     return jax.tree.map(per_subtree, specs, tree, is_leaf=is_spec_leaf)
 
 
+def per_leaf(dimension_numbers: WeightDimensionNumbers, tree: Any) -> Any:
+    """The spec of every leaf of ``tree`` (a tree of its structure), from a prefix.
+
+    ``None`` dimension numbers mean the last two axes of every leaf.
+    """
+    specs = resolve(dimension_numbers, tree)
+    if specs is None:
+        specs = LAST_TWO_AXES
+    if isinstance(specs, MuonDimensionNumbers):
+        return jax.tree.map(lambda _: specs, tree)
+    return jax.tree.map(
+        lambda spec, sub: jax.tree.map(lambda _: spec, sub),
+        specs,
+        tree,
+        is_leaf=is_spec_leaf,
+    )
+
+
 def check_fits(
     tree: Any, dimension_numbers: WeightDimensionNumbers, caller: str
 ) -> None:

@@ -105,14 +105,22 @@ def clip_matrices(batch: jax.Array, quantile, threshold, offset) -> jax.Array:
     """:func:`root_optax.robust_clip`'s rule on a ``(batch, m, n)`` stack.
 
     Each matrix is clipped to ``[-eps, eps]`` with ``eps = threshold`` or its own
-    ``abs_quantile(quantile) + offset`` (reductions only, no reshape).
+    ``abs_quantile(quantile) + offset`` (reductions only, no reshape). Complex
+    entries keep their phase: their magnitude is clipped to ``eps``.
     """
+    if batch.size == 0:
+        return batch
+    real_dtype = jnp.finfo(batch.dtype).dtype
     if threshold is not None:
-        eps = jnp.asarray(threshold, batch.dtype)
+        eps = jnp.asarray(threshold, real_dtype)
+    else:
+        eps = jax.vmap(lambda m: _quantile.abs_quantile(m, quantile))(batch)
+        eps = (eps + offset).astype(real_dtype)[:, None, None]
+    if not jnp.iscomplexobj(batch):
         return jnp.clip(batch, -eps, eps)
-    eps = jax.vmap(lambda m: _quantile.abs_quantile(m, quantile))(batch)
-    eps = (eps + offset).astype(batch.dtype)[:, None, None]
-    return jnp.clip(batch, -eps, eps)
+    magnitude = jnp.abs(batch)
+    shrink = jnp.where(magnitude > eps, eps / jnp.where(magnitude > 0, magnitude, 1), 1)
+    return batch * shrink.astype(real_dtype)
 
 
 def clip_transform(

@@ -1,7 +1,5 @@
 """Heavy-ball momentum in the reference's form, with optional Nesterov output."""
 
-from __future__ import annotations
-
 from typing import NamedTuple
 
 import jax
@@ -60,7 +58,7 @@ def check_args(fn: str, beta, nesterov, mu_dtype):
     """Validate :func:`momentum`'s arguments for ``fn``; returns ``mu_dtype``."""
     _validation.check_unit_interval(fn, "beta", beta, closed_low=True)
     _validation.check_bool(fn, "nesterov", nesterov)
-    return _validation.check_float_dtype(fn, "mu_dtype", mu_dtype)
+    return _validation.check_float_dtype(fn, "mu_dtype", mu_dtype, allow_complex=True)
 
 
 def momentum_transform(beta, nesterov: bool, mu_dtype) -> optax.GradientTransformation:

@@ -1,7 +1,5 @@
 """Quintic Newton–Schulz orthogonalization with shape-dependent coefficients."""
 
-from __future__ import annotations
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,7 +12,16 @@ DEFAULT_STEPS = 5
 
 
 def _compute_dtype(x_dtype, ns_dtype) -> np.dtype:
-    """Newton–Schulz runs in ``ns_dtype``, by default never below float32."""
+    """Newton–Schulz runs in ``ns_dtype``, by default never below float32.
+
+    Complex inputs stay complex: ``ns_dtype`` then sets the precision of the
+    real and imaginary parts, at least float32 (there is no complex bfloat16).
+    """
+    if jnp.issubdtype(x_dtype, jnp.complexfloating):
+        real = jnp.finfo(x_dtype).dtype if ns_dtype is None else ns_dtype
+        return np.dtype(
+            jnp.promote_types(jnp.promote_types(real, jnp.float32), x_dtype)
+        )
     if ns_dtype is None:
         return np.dtype(jnp.promote_types(x_dtype, jnp.float32))
     return np.dtype(ns_dtype)
@@ -37,22 +44,43 @@ def _matmul(x: jax.Array, y: jax.Array) -> jax.Array:
     return jnp.matmul(x, y, precision=jax.lax.Precision.HIGHEST)
 
 
+def _normalize(x: jax.Array, eps, compute_dtype) -> jax.Array:
+    r""":math:`X / (\|X\|_F + \epsilon)` in ``compute_dtype``, without overflow.
+
+    The norm is taken of :math:`X / \max|X|` (entries in [0, 1]), so gradients
+    whose squared entries would overflow float32 (about 1e19) keep their
+    direction: :math:`X / (\|X\|_F + \epsilon) = Y / (\|Y\|_F + \epsilon / s)`
+    with :math:`Y = X / s`, :math:`s = \max|X|`. A zero matrix stays zero,
+    even with ``eps=0``.
+    """
+    wide = jnp.promote_types(compute_dtype, jnp.float32)
+    x = x.astype(wide)
+    scale = jnp.max(jnp.abs(x))
+    safe_scale = jnp.where(scale > 0, scale, 1).astype(scale.dtype)
+    y = x / safe_scale
+    denom = jnp.sqrt(jnp.sum(jnp.abs(y) ** 2)) + eps / safe_scale
+    return (y / jnp.where(denom > 0, denom, 1)).astype(compute_dtype)
+
+
 def _newton_schulz_2d(
     x: jax.Array, coeffs: np.ndarray, eps: float, compute_dtype
 ) -> jax.Array:
-    """Quintic Newton–Schulz on one matrix, in its wide orientation."""
+    """Quintic Newton–Schulz on one matrix, in its wide orientation.
+
+    For complex matrices the Gram matrix is :math:`X X^H` (conjugate
+    transpose); the iteration then maps singular values exactly as for reals.
+    """
     transposed = x.shape[0] > x.shape[1]
     if transposed:
         x = x.T
-    norm_dtype = jnp.promote_types(compute_dtype, jnp.float32)
-    x32 = x.astype(norm_dtype)
-    denom = jnp.sqrt(jnp.sum(x32 * x32)) + eps
-    # A zero matrix stays zero even with eps=0 (instead of 0/0 = NaN).
-    x = (x32 / jnp.where(denom > 0, denom, 1)).astype(compute_dtype)
+    if x.size == 0:
+        return (x.T if transposed else x).astype(compute_dtype)
+    x = _normalize(x, eps, compute_dtype)
+    adjoint = (lambda m: m.conj().T) if jnp.iscomplexobj(x) else (lambda m: m.T)
     # A short static loop: each step has its own coefficients, baked in as
     # constants, and unrolling lets XLA schedule across steps (as Muon does).
     for a, b, c in coeffs.tolist():
-        gram = _matmul(x, x.T)
+        gram = _matmul(x, adjoint(x))
         poly = b * gram + c * _matmul(gram, gram)
         x = a * x + _matmul(poly, x)
     return x.T if transposed else x
@@ -118,6 +146,8 @@ def orthogonalize(
         )
     compute_dtype = _compute_dtype(x.dtype, ns_dtype)
     coeffs = _coefficients.coefficients_for_shape(fn, ns_coeffs, x.shape[-2:], ns_steps)
+    if x.size == 0:
+        return x
     flat = x.reshape((-1,) + x.shape[-2:])
     out = _orthogonalize_batch(flat, coeffs, eps, compute_dtype)
     return out.reshape(x.shape).astype(x.dtype)

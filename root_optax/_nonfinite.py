@@ -1,7 +1,5 @@
 """Skip steps whose gradients are not finite, so NaN/Inf never reach params or state."""
 
-from __future__ import annotations
-
 from typing import Any, NamedTuple
 
 import jax
@@ -15,7 +13,8 @@ class SkipNonfiniteState(NamedTuple):
     Attributes:
       inner_state: the wrapped transformation's state (as of the last finite step).
       skipped: int32, how many steps were skipped in total.
-      last_finite: bool, whether the latest step's gradients were finite.
+      last_finite: bool, whether the latest step was applied (its gradients and
+        updates were finite).
     """
 
     inner_state: Any
@@ -33,7 +32,8 @@ def _all_finite(tree: Any) -> jax.Array:
 def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransformation:
     r"""Wrap ``inner`` so a step with any non-finite gradient entry changes nothing.
 
-    If every entry of ``updates`` is finite the step is ``inner``'s. Otherwise
+    If every entry of ``updates`` is finite and so is every entry of the
+    updates ``inner`` computes from them, the step is ``inner``'s. Otherwise
     the emitted updates are zeros (parameters stay as they are), ``inner``'s
     state is kept from the previous step (momenta are not poisoned), and
     ``skipped`` counts the event so it can be logged. Unlike
@@ -82,6 +82,9 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
         new_updates, new_inner = optax.with_extra_args_support(inner).update(
             safe_updates, state.inner_state, params, **extra_args
         )
+        # Finite gradients can still give a non-finite step (an overflow inside
+        # the inner transformation): that step is skipped too.
+        finite = finite & _all_finite(new_updates)
         keep = lambda new, old: jnp.where(finite, new, old)
         return (
             jax.tree.map(

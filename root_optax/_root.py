@@ -1,9 +1,6 @@
 """ROOT as a chain of the building blocks, and the full optimizer with AdamW routing."""
 
-from __future__ import annotations
-
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -19,6 +16,7 @@ from root_optax import (
     _momentum,
     _newton_schulz,
     _nonfinite,
+    _routing,
     _scaling,
     _validation,
 )
@@ -163,97 +161,6 @@ def _direction(
         )
     )
     return optax.chain(*steps)
-
-
-def matrix_dimension_numbers(
-    adamw_names: Sequence[str] = (),
-    *,
-    stacked: bool = False,
-) -> Callable[[Any], Any]:
-    r"""Build a ``weight_dimension_numbers`` callable that routes by parameter path.
-
-    The callable maps a params tree to a tree of
-    :class:`optax.contrib.MuonDimensionNumbers` (matrix path) or ``None``
-    (AdamW in :func:`root`): a leaf goes to AdamW when any regular expression in
-    ``adamw_names`` matches its path (``jax.tree_util.keystr``, e.g.
-    ``"['embed']['embedding']"``, searched case-insensitively) or when it is not
-    a matrix: rank < 2, or rank > 2 unless ``stacked``, in which case the last
-    two axes are the matrix and leading axes are layers.
-
-    Args:
-      adamw_names: regular expressions for paths to send to AdamW, typically
-        ``("embed", "head", "norm")``.
-      stacked: treat rank > 2 leaves as stacks of matrices over their last two
-        axes (scan-over-layers models) instead of sending them to AdamW.
-
-    Returns:
-      A callable ``params -> tree`` to pass as ``weight_dimension_numbers``.
-
-    Examples:
-      >>> import jax.numpy as jnp, root_optax
-      >>> dims = root_optax.matrix_dimension_numbers(["embed"])
-      >>> dims({"embed": jnp.ones((9, 4)), "w": jnp.ones((4, 4)), "b": jnp.ones(4)})
-      {'b': None, 'embed': None, 'w': MuonDimensionNumbers(reduction_axis=0, output_axis=1)}
-    """
-    fn = "matrix_dimension_numbers"
-    _validation.check_bool(fn, "stacked", stacked)
-    if isinstance(adamw_names, str):
-        adamw_names = (adamw_names,)
-    if not isinstance(adamw_names, Sequence):
-        raise TypeError(
-            f"{fn}(adamw_names=...) must be a sequence of regular expressions, got "
-            f"adamw_names={adamw_names!r}."
-        )
-    patterns = []
-    for name in adamw_names:
-        try:
-            patterns.append(re.compile(name, re.IGNORECASE))
-        except (re.error, TypeError) as err:
-            raise ValueError(
-                f"{fn}(adamw_names=...) entries must be regular expressions, got "
-                f"{name!r}: {err}."
-            ) from None
-
-    def spec(path, leaf):
-        ndim = jax.numpy.ndim(leaf)
-        # Flax NNX initialises with Variable leaves (path ends in `.value`) and
-        # updates with plain arrays: both must give the same path string.
-        last = path[-1] if path else None
-        if isinstance(last, jax.tree_util.GetAttrKey) and last.name == "value":
-            path = path[:-1]
-        key = jax.tree_util.keystr(path)
-        if (
-            any(p.search(key) for p in patterns)
-            or ndim < 2
-            or (ndim > 2 and not stacked)
-        ):
-            return None
-        return MuonDimensionNumbers(-2, -1) if ndim > 2 else MuonDimensionNumbers()
-
-    def dimension_numbers(params):
-        return jax.tree_util.tree_map_with_path(spec, params)
-
-    return dimension_numbers
-
-
-def _labels(weight_dimension_numbers, params):
-    """'root' for matrix leaves, 'adamw' for the rest; checks the matrix specs."""
-    if weight_dimension_numbers is None:
-        return jax.tree.map(
-            lambda x: "root" if jax.numpy.ndim(x) == 2 else "adamw", params
-        )
-    # Raises (naming root) if a spec does not fit its leaf, e.g. a bias sent to
-    # the matrix path, before any state is built.
-    _dimension_numbers.check_fits(params, weight_dimension_numbers, "root")
-    specs = _dimension_numbers.resolve(weight_dimension_numbers, params)
-    if isinstance(specs, MuonDimensionNumbers):
-        return jax.tree.map(lambda _: "root", params)
-    label_subtree = lambda spec, sub: jax.tree.map(
-        lambda _: "adamw" if spec is None else "root", sub
-    )
-    return jax.tree.map(
-        label_subtree, specs, params, is_leaf=_dimension_numbers.is_spec_leaf
-    )
 
 
 def root(
@@ -441,8 +348,24 @@ def root(
     )
     tx = optax.partition(
         {"root": matrix_branch, "adamw": adamw_branch},
-        lambda params: _labels(weight_dimension_numbers, params),
+        lambda params: _routing.labels(weight_dimension_numbers, params),
     )
     if skip_nonfinite:
-        return _nonfinite.skip_nonfinite(tx)
-    return optax.with_extra_args_support(tx)
+        tx = _nonfinite.skip_nonfinite(tx)
+    else:
+        tx = optax.with_extra_args_support(tx)
+    if weight_dimension_numbers is None:
+        tx = _warning_at_init(tx, fn)
+    return tx
+
+
+def _warning_at_init(
+    tx: optax.GradientTransformationExtraArgs, fn: str
+) -> optax.GradientTransformationExtraArgs:
+    """``tx`` whose ``init`` warns when the default routing meets rank 3+ leaves."""
+
+    def init_fn(params):
+        _routing.warn_if_default_routing_looks_stacked(fn, params)
+        return tx.init(params)
+
+    return tx._replace(init=init_fn)

@@ -1,7 +1,5 @@
 """The step size: learning rate times a shape factor, with decoupled weight decay."""
 
-from __future__ import annotations
-
 import math
 from collections.abc import Callable
 from typing import Any, Literal

@@ -85,17 +85,23 @@ def check_unit_interval(fn: str, name: str, value: Any, *, closed_low: bool) -> 
         check_in_range(fn, name, value, 0.0, 1.0, low_open=True)
 
 
-def check_float_dtype(fn: str, name: str, dtype: Any) -> np.dtype | None:
-    """``None`` or a real floating dtype, canonicalised."""
+def check_float_dtype(
+    fn: str, name: str, dtype: Any, *, allow_complex: bool = False
+) -> np.dtype | None:
+    """``None`` or a floating dtype (complex too if ``allow_complex``), canonical."""
     if dtype is None:
         return None
     try:
         canonical = np.dtype(dtype)
     except TypeError:
         canonical = None
-    if canonical is None or not jnp.issubdtype(canonical, jnp.floating):
+    kind = jnp.inexact if allow_complex else jnp.floating
+    if canonical is None or not jnp.issubdtype(canonical, kind):
+        expected = "bfloat16, float16, float32 or float64"
+        if allow_complex:
+            expected += ", or complex64 or complex128 for complex parameters"
         raise TypeError(
-            f"{fn}({name}=...) must be None or a floating dtype (bfloat16, float16,"
-            f" float32 or float64), got {name}={dtype!r}."
+            f"{fn}({name}=...) must be None or a floating dtype ({expected}), got "
+            f"{name}={dtype!r}."
         )
     return canonical

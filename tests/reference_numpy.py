@@ -38,9 +38,17 @@ def coeffs_for_shape(shape, coeffs="reference"):
     return coeffs
 
 
+def as_wide(a):
+    """float64, or complex128 for complex input (the complex extension of ROOT)."""
+    return np.asarray(a, dtype=np.complex128 if np.iscomplexobj(a) else np.float64)
+
+
 def newton_schulz(b, coeffs, steps=5, eps=1e-7):
-    """Quintic Newton-Schulz of one 2-D matrix; a list of triples sets the step count."""
-    b = np.asarray(b, dtype=np.float64)
+    """Quintic Newton-Schulz of one 2-D matrix; a list of triples sets the step count.
+
+    Complex matrices use the conjugate transpose (X X^H).
+    """
+    b = as_wide(b)
     if np.ndim(coeffs) == 1:  # one (a, b, c) triple, repeated `steps` times
         schedule = [tuple(coeffs)] * steps
     else:  # per-iteration triples: their number is the number of steps
@@ -49,7 +57,7 @@ def newton_schulz(b, coeffs, steps=5, eps=1e-7):
     x = b.T if m > n else b
     x = x / (np.linalg.norm(x, "fro") + eps)
     for ca, cb, cc in schedule:
-        a_mat = x @ x.T
+        a_mat = x @ x.conj().T
         x = ca * x + (cb * a_mat + cc * a_mat @ a_mat) @ x
     return x.T if m > n else x
 
@@ -86,7 +94,7 @@ def root_matrix_update(
     Returns (new_w, new_mom). Clipping happens when clip_threshold (a fixed eps, used as
     given) or clip_quantile (eps = quantile(|U|, q) + 1e-9) is set; clip_threshold wins.
     """
-    w, mom, g = (np.asarray(a, dtype=np.float64) for a in (w, mom, g))
+    w, mom, g = (as_wide(a) for a in (w, mom, g))
     kw = {
         "lr": lr,
         "beta": beta,
@@ -111,6 +119,7 @@ def root_matrix_update(
             eps = float(clip_threshold)
         else:
             eps = torch_quantile(np.abs(u), clip_quantile) + 1e-9
+        # np.sign(u) = u / |u| for complex u: the magnitude is thresholded.
         outliers = np.sign(u) * np.maximum(np.abs(u) - eps, 0.0)
         base = u - outliers  # the clipped part is what gets orthogonalized
     else:
@@ -132,9 +141,9 @@ def adamw_update(
         step = m / (sqrt(v) + eps) * sqrt(1-b2^t) / (1-b1^t).
     The two differ only in where eps sits (by a factor sqrt(1-b2^t) on eps).
     """
-    w, m, v, g = (np.asarray(a, dtype=np.float64) for a in (w, m, v, g))
+    w, m, v, g = (as_wide(a) for a in (w, m, v, g))
     m = m + (1 - b1) * (g - m)  # lerp(m, g, 1 - b1)
-    v = v + (1 - b2) * (g * g - v)  # lerp(v, g^2, 1 - b2)
+    v = v + (1 - b2) * (np.abs(g) ** 2 - v)  # lerp(v, |g|^2, 1 - b2)
     bc1, bc2 = 1 - b1**t, 1 - b2**t
     if form == "optax":
         step = (m / bc1) / (np.sqrt(v / bc2) + eps)
@@ -174,7 +183,7 @@ def reference_root(
     Matrix branch: keys in stacked_keys (3-D, per slice), plus 2-D arrays (or exactly the
     keys in matrix_keys when given). Everything else goes to AdamW.
     """
-    params = {k: np.array(p, dtype=np.float64) for k, p in params.items()}
+    params = {k: as_wide(p).copy() for k, p in params.items()}
     is_matrix = {
         k: k in stacked_keys
         or (p.ndim == 2 if matrix_keys is None else k in matrix_keys)
@@ -205,7 +214,7 @@ def reference_root(
     for t, grads in enumerate(grads_per_step, start=1):
         new = {}
         for k, p in params.items():
-            g = np.asarray(grads[k], dtype=np.float64)
+            g = as_wide(grads[k])
             if is_matrix[k]:
                 new[k], mom[k] = root_matrix_update(p, mom[k], g, **mkw)
             else:

@@ -59,3 +59,27 @@ def test_standalone_before_adamw(rng):
     grads = {"w": params["w"].at[0, 0].set(1e6)}
     updates, state = tx.update(grads, state, params)
     assert float(jnp.max(jnp.abs(updates["w"]))) < 0.1
+
+
+def test_complex_clips_the_magnitude_and_keeps_the_phase(rng):
+    """The threshold is the quantile of |u|; clipped entries keep their phase."""
+    u = (rng.standard_normal((16, 24)) + 1j * rng.standard_cauchy((16, 24))).astype(
+        np.complex64
+    )
+    tx = root_optax.robust_clip(0.8)
+    out, _ = jax.jit(tx.update)(u, tx.init(u))
+    assert out.dtype == jnp.complex64
+    u64 = u.astype(np.complex128)
+    eps = np.quantile(np.abs(u64), 0.8) + 1e-9
+    want = u64 - np.sign(u64) * np.maximum(np.abs(u64) - eps, 0.0)
+    np.testing.assert_allclose(out, want, rtol=1e-5)
+    clipped = np.abs(u64) > eps
+    np.testing.assert_allclose(np.abs(out)[clipped], eps, rtol=1e-5)
+    np.testing.assert_allclose(np.angle(out), np.angle(u64), atol=1e-5)
+
+
+def test_zero_size_matrices_pass_through():
+    tx = root_optax.robust_clip(0.9)
+    tree = {"a": jnp.zeros((0, 5)), "b": jnp.zeros((5, 0)), "c": jnp.zeros((2, 0, 3))}
+    out, _ = jax.jit(tx.update)(tree, tx.init(tree))
+    assert jax.tree.map(jnp.shape, out) == jax.tree.map(jnp.shape, tree)

@@ -386,3 +386,186 @@ def test_nnx_stacked_layers_orthogonalized_per_slice():
         np.testing.assert_allclose(
             model.layers.kernel[...][i], params["w"], rtol=1e-5, atol=1e-7
         )
+
+
+# ---------------------------------------------------------------------------
+# Routing of the layouts users train: scan over layers (Linen nn.scan, NNX
+# nnx.vmap), plain models and a CNN, as root_optax.routing_table shows it and
+# as root()'s state holds it.
+# ---------------------------------------------------------------------------
+
+DEPTH, D = 4, 8
+SCANNED = root_optax.matrix_dimension_numbers(["embed", "head"], stacked="layers")
+
+
+def _table_routes(table):
+    """{'a/b': branch} from a routing table (the names _routes uses)."""
+    names = lambda path: "/".join(part for part in path[2:-2].split("']['"))
+    return {names(row.path): row.branch for row in table}
+
+
+class LinenBlock(nn.Module):
+    @nn.compact
+    def __call__(self, h, _):
+        h = h + nn.Dense(D, name="mlp")(nn.LayerNorm(name="norm")(h))
+        return h, None
+
+
+class LinenScanned(nn.Module):
+    """Embed -> nn.scan over DEPTH blocks (params stacked on axis 0) -> head."""
+
+    @nn.compact
+    def __call__(self, tokens):
+        h = nn.Embed(VOCAB, D, name="embed")(tokens)
+        scan = nn.scan(
+            LinenBlock,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            length=DEPTH,
+        )
+        h, _ = scan(name="layers")(h, None)
+        return nn.Dense(CLASSES, name="head")(h.mean(axis=1))
+
+
+class NnxBlock(nnx.Module):
+    def __init__(self, rngs):
+        self.norm = nnx.LayerNorm(D, rngs=rngs)
+        self.mlp = nnx.Linear(D, D, rngs=rngs)
+
+    def __call__(self, h):
+        return h + self.mlp(self.norm(h))
+
+
+class NnxScanned(nnx.Module):
+    """The official NNX scan-over-layers pattern: nnx.vmap builds, nnx.scan runs."""
+
+    def __init__(self, rngs):
+        self.embed = nnx.Embed(VOCAB, D, rngs=rngs)
+
+        @nnx.split_rngs(splits=DEPTH)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def make(rngs):
+            return NnxBlock(rngs)
+
+        self.layers = make(rngs)
+        self.head = nnx.Linear(D, CLASSES, rngs=rngs)
+
+    def __call__(self, tokens):
+        @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+        def run(h, block):
+            return block(h)
+
+        return self.head(run(self.embed(tokens), self.layers).mean(axis=1))
+
+
+class LinenCnn(nn.Module):
+    @nn.compact
+    def __call__(self, images):
+        h = nn.relu(nn.Conv(6, (3, 3), name="conv")(images))
+        return nn.Dense(CLASSES, name="head")(h.mean(axis=(1, 2)))
+
+
+SCANNED_ROUTES = {
+    "embed/embedding": "adamw",
+    "layers/mlp/kernel": "root",
+    "layers/mlp/bias": "adamw",
+    "layers/norm/scale": "adamw",
+    "layers/norm/bias": "adamw",
+    "head/kernel": "adamw",
+    "head/bias": "adamw",
+}
+
+
+def _linen_scanned_params():
+    tokens, _ = _data()
+    return LinenScanned().init(jax.random.key(0), tokens)["params"]
+
+
+def test_linen_scan_routes_stacked_kernels_to_root_and_stacked_vectors_to_adamw():
+    params = _linen_scanned_params()
+    assert params["layers"]["mlp"]["kernel"].shape == (DEPTH, D, D)
+    assert params["layers"]["mlp"]["bias"].shape == (DEPTH, D)
+    table = root_optax.routing_table(params, SCANNED)
+    assert _table_routes(table) == SCANNED_ROUTES
+    [kernel] = [
+        row for row in table if row.path.endswith("['kernel']") and "mlp" in row.path
+    ]
+    assert (kernel.matrix_shape, kernel.batch) == ((D, D), DEPTH)
+    assert kernel.coefficients.startswith("root table")
+    # root()'s state agrees with the table, and one step trains.
+    state = train_state.TrainState.create(
+        apply_fn=LinenScanned().apply,
+        params=params,
+        tx=root_optax.root(LR, weight_dimension_numbers=SCANNED),
+    )
+    assert _routes(state.opt_state) == SCANNED_ROUTES
+    tokens, labels = _data()
+    state, loss = _linen_step(state, tokens, labels)
+    state, new_loss = _linen_step(state, tokens, labels)
+    assert float(new_loss) < float(loss)
+
+
+def test_default_routing_of_a_stacked_model_warns():
+    """By default exactly the 2-D leaves are matrices: in a stacked model that
+    sends stacked kernels to AdamW and stacked biases to Newton–Schulz."""
+    params = _linen_scanned_params()
+    table = root_optax.routing_table(params)
+    assert _table_routes(table)["layers/mlp/kernel"] == "adamw"
+    assert _table_routes(table)["layers/mlp/bias"] == "root"
+    with pytest.warns(UserWarning, match=r"stacked=.*routing_table"):
+        root_optax.root(LR).init(params)
+
+
+def test_nnx_vmap_scan_routes_like_linen_scan():
+    model = NnxScanned(nnx.Rngs(0))
+    params = nnx.state(model, nnx.Param)
+    assert _table_routes(root_optax.routing_table(params, SCANNED)) == SCANNED_ROUTES
+    optimizer = nnx.Optimizer(
+        model, root_optax.root(LR, weight_dimension_numbers=SCANNED), wrt=nnx.Param
+    )
+    assert _routes(optimizer.opt_state) == SCANNED_ROUTES
+    tokens, labels = _data()
+    losses = [float(_nnx_step(model, optimizer, tokens, labels)) for _ in range(3)]
+    assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("flavour", ["linen", "nnx"])
+def test_plain_models_route_the_same_with_the_scan_recipe(flavour):
+    """The scan recipe on an unstacked model: nothing matches "layers", so each
+    leaf keeps its rank (2-D kernels are matrices), names route the rest."""
+    if flavour == "linen":
+        tokens, _ = _data()
+        params = LinenNet().init(jax.random.key(1), tokens)["params"]
+    else:
+        params = nnx.state(NnxNet(nnx.Rngs(1)), nnx.Param)
+    assert _table_routes(root_optax.routing_table(params, SCANNED)) == {
+        **LINEN_DEFAULT_ROUTES,
+        "embed/embedding": "adamw",
+        "head/kernel": "adamw",
+    }
+
+
+def test_cnn_kernels_are_not_split_into_window_matrices():
+    images = jnp.ones((2, 8, 8, 3))
+    params = LinenCnn().init(jax.random.key(0), images)["params"]
+    assert params["conv"]["kernel"].shape == (3, 3, 3, 6)
+    for stacked in (False, True):
+        dims = root_optax.matrix_dimension_numbers(["head"], stacked=stacked)
+        rows = {r.path: r for r in root_optax.routing_table(params, dims)}
+        assert rows["['conv']['kernel']"].branch == "adamw"
+    dims = root_optax.matrix_dimension_numbers(["head"], conv="matrix")
+    rows = {r.path: r for r in root_optax.routing_table(params, dims)}
+    kernel = rows["['conv']['kernel']"]
+    assert (kernel.branch, kernel.matrix_shape, kernel.batch) == ("root", (27, 6), 1)
+    assert rows["['conv']['bias']"].branch == "adamw"
+    # The flattened kernel is one matrix: its update is orthogonal as (27, 6).
+    tx = root_optax.root(LR, weight_decay=0.0, weight_dimension_numbers=dims)
+    grads = jax.tree.map(
+        lambda x: jax.random.normal(jax.random.key(3), x.shape), params
+    )
+    updates, _ = tx.update(grads, tx.init(params), params)
+    flat = np.asarray(updates["conv"]["kernel"]).reshape(27, 6)
+    singular = np.linalg.svd(flat, compute_uv=False)
+    assert np.ptp(singular) < 0.5 * singular.mean()
+    with pytest.warns(UserWarning, match="conv='matrix'"):
+        root_optax.root(LR).init(params)

@@ -14,6 +14,12 @@ from optax.contrib import MuonDimensionNumbers
 
 import root_optax
 
+# The trees hold a rank-3 stack, which root()'s default routing sends to AdamW
+# with a warning (tested in test_routing.py); here that is intended.
+pytestmark = pytest.mark.filterwarnings(
+    r"ignore:root\(\). \d+ parameter\(s\) of rank >= 3:UserWarning"
+)
+
 # ---------------------------------------------------------------------------
 # The cases: every public transform and root(), with small fixed hyperparameters.
 # ---------------------------------------------------------------------------
@@ -700,3 +706,130 @@ def test_composes_with_partition(case):
         np.testing.assert_allclose(got_step["a"], -0.1 * g["a"], rtol=1e-6)
         assert_trees_close(subtree(got_step, ours), subtree(want_step, ours))
     assert set(states[-1].inner_states) == {"ours", "sgd"}
+
+
+# ---------------------------------------------------------------------------
+# 11. Inputs from optax's own suites (contrib common tests, muon tests) and a
+#     sweep of edge cases: each of these once failed.
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("factory", [root_optax.root, root_optax.scale_by_lr])
+def test_learning_rate_annotation_is_introspectable(factory):
+    """optax's common suite only tries schedules on factories annotated so."""
+    parameter = inspect.signature(factory).parameters["learning_rate"]
+    assert parameter.annotation is optax.ScalarOrSchedule
+
+
+def test_float16_model_with_dead_units_trains_without_nan():
+    """In float16, AdamW's eps / sqrt(1 - b2^t) underflowed to 0 and an exactly
+    zero gradient entry gave 0 / 0 from step 3."""
+    x = normal(0, (32, 8), jnp.float16)
+    y = normal(1, (32, 4), jnp.float16)
+    params = {
+        "w1": normal(2, (8, 16), jnp.float16, 0.3),
+        # Half the hidden units are dead: their biases' gradients are exactly 0.
+        "b1": jnp.concatenate([jnp.zeros(8), jnp.full(8, -100.0)]).astype(jnp.float16),
+        "w2": normal(3, (16, 4), jnp.float16, 0.3),
+    }
+
+    def loss(p):
+        hidden = jax.nn.relu(x @ p["w1"] + p["b1"][None, :])
+        return jnp.mean((hidden @ p["w2"] - y).astype(jnp.float32) ** 2)
+
+    tx = root_optax.root(1e-2)
+
+    @jax.jit
+    def train(params):
+        def step(carry, _):
+            params, state = carry
+            value, grads = jax.value_and_grad(loss)(params)
+            updates, state = tx.update(grads, state, params)
+            return (optax.apply_updates(params, updates), state), value
+
+        (params, state), losses = jax.lax.scan(
+            step, (params, tx.init(params)), length=100
+        )
+        return params, state, losses
+
+    final, state, losses = train(params)
+    assert jax.grad(loss)(params)["b1"][8:].tolist() == [0.0] * 8
+    assert all(x.dtype == jnp.float16 for x in jax.tree.leaves(final))
+    assert bool(jnp.all(jnp.isfinite(losses)))
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(final))
+    assert int(state.skipped) == 0
+    assert float(losses[-1]) < float(losses[0])
+
+
+def complex_target(dtype=jnp.complex64):
+    """optax's muon test target: a complex 2x2 matrix pulled to fixed values."""
+    target = jnp.array([[1.0 + 2.0j, 0.0], [-1.0 + 1.0j, 1.0 - 3.0j]], dtype)
+    return jnp.zeros((2, 2), dtype), target
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"clip_quantile": None}, {"mu_dtype": jnp.complex64}, {"nesterov": False}],
+    ids=["default", "no_clip", "mu_dtype", "no_nesterov"],
+)
+def test_complex_parameters_converge(kwargs):
+    """As optax muon's complex test: conjugate gradients, 1000 steps in a scan."""
+    params, target = complex_target()
+    loss = lambda p: jnp.sum(jnp.abs(p - target) ** 2)
+    schedule = optax.cosine_decay_schedule(0.1, 1000)
+    tx = root_optax.root(schedule, weight_decay=0.0, **kwargs)
+
+    @jax.jit
+    def train(params):
+        def step(carry, _):
+            params, state = carry
+            grads = jax.tree.map(jnp.conj, jax.grad(loss)(params))
+            updates, state = tx.update(grads, state, params)
+            return (optax.apply_updates(params, updates), state), None
+
+        (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), length=1000)
+        return params
+
+    final = train(params)
+    assert final.dtype == jnp.complex64
+    np.testing.assert_allclose(final, target, rtol=3e-2, atol=3e-2)
+
+
+def test_zero_size_matrices_pass_through():
+    """(0, 5) and (5, 0) leaves crashed in the threshold's reduction."""
+    params = {
+        "empty_rows": jnp.zeros((0, 5)),
+        "empty_cols": jnp.zeros((5, 0)),
+        "w": normal(0, (3, 4)),
+    }
+    tx = root_optax.root(1e-2)
+    grads = jax.tree.map(lambda x: jnp.ones_like(x), params)
+    updates, state = jax.jit(tx.update)(grads, tx.init(params), params)
+    assert jax.tree.map(jnp.shape, updates) == jax.tree.map(jnp.shape, params)
+    assert bool(jnp.all(jnp.isfinite(updates["w"])))
+    assert int(state.skipped) == 0
+
+
+def test_overflowing_frobenius_norm_keeps_the_direction():
+    """Entries of 1e18 overflow ||G||_F^2 in float32: the step was exactly 0."""
+    params = {"w": normal(0, (32, 48))}
+    grads = {"w": normal(1, (32, 48))}
+    tx = root_optax.root(1e-2, weight_decay=0.0)
+    step = jax.jit(tx.update)
+    small, _ = step(grads, tx.init(params), params)
+    huge, state = step(jax.tree.map(lambda g: g * 1e18, grads), tx.init(params), params)
+    a, b = np.ravel(small["w"]), np.ravel(huge["w"])
+    cosine = a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+    assert int(state.skipped) == 0
+    assert cosine > 0.999, cosine
+
+
+def test_injected_callable_dimension_numbers_need_static_args():
+    """Without static_args, inject_hyperparams called the routing rule with the
+    step count and root() silently used the default routing."""
+    case = CASE["root"]
+    dims = root_optax.matrix_dimension_numbers(stacked="stack")
+    factory = optax.inject_hyperparams(root_optax.root)
+    tx = factory(**case.kwargs, weight_dimension_numbers=dims)
+    with pytest.raises(TypeError, match=r"static_args=\('weight_dimension_numbers',\)"):
+        tx.init(tree_for(case))

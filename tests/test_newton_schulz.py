@@ -11,8 +11,9 @@ from root_optax import MUON_COEFFICIENTS, REFERENCE_TABLE, orthogonalize
 
 
 def svd_newton_schulz(x, coeffs, eps=1e-7):
-    """Ground truth in float64: the iteration acts on singular values only."""
-    x = np.asarray(x, np.float64)
+    """Ground truth in float64 (complex128 for complex input): the iteration acts
+    on singular values only."""
+    x = np.asarray(x, np.complex128 if np.iscomplexobj(x) else np.float64)
     u, s, vt = np.linalg.svd(x, full_matrices=False)
     s = s / (np.linalg.norm(x) + eps)
     for a, b, c in coeffs:
@@ -148,3 +149,50 @@ def test_none_dimension_numbers_pass_through(rng):
     tx = root_optax.adaptive_newton_schulz(weight_dimension_numbers=dims)
     out, _ = tx.update(tree, tx.init(tree))
     np.testing.assert_array_equal(out["b"], tree["b"])
+
+
+def complex_normal(rng, shape):
+    return rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+
+
+@pytest.mark.parametrize("shape", [(12, 12), (8, 20), (20, 8)])
+def test_complex_equals_svd_rendering_in_complex128(rng, x64, shape):
+    """X X^H, not X X^T: the singular values move as for real matrices."""
+    x = complex_normal(rng, shape)
+    got = orthogonalize(jnp.asarray(x), "muon", 5)
+    assert got.dtype == jnp.complex128
+    want = svd_newton_schulz(x.astype(np.complex128), [MUON_COEFFICIENTS] * 5)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-11)
+
+
+def test_complex_converges_to_the_unitary_polar_factor(rng, x64):
+    x = complex_normal(rng, (10, 16)) + 4 * np.eye(10, 16)
+    got = np.asarray(orthogonalize(jnp.asarray(x), (1.5, -0.5, 0.0), ns_steps=60))
+    u, _, vh = np.linalg.svd(x, full_matrices=False)
+    np.testing.assert_allclose(got, u @ vh, atol=1e-10)
+    np.testing.assert_allclose(got @ got.conj().T, np.eye(10), atol=1e-10)
+
+
+def test_complex64_stays_complex64_close_to_truth(rng):
+    x = complex_normal(rng, (16, 32)).astype(np.complex64)
+    got = orthogonalize(x, "muon")
+    assert got.dtype == jnp.complex64
+    want = svd_newton_schulz(x.astype(np.complex128), [MUON_COEFFICIENTS] * 5)
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-5
+
+
+@pytest.mark.parametrize("scale", [1e18, 1e30, 1e-30])
+def test_normalization_survives_overflow_and_underflow(rng, scale):
+    """||X||_F^2 overflows float32 above ~1e19 per entry (and underflows below
+    ~1e-19): the direction must not depend on the scale."""
+    x = rng.standard_normal((24, 40)).astype(np.float32)
+    want = orthogonalize(x, "muon", eps=0.0)
+    got = orthogonalize(x * np.float32(scale), "muon", eps=0.0)
+    assert bool(jnp.all(jnp.isfinite(got)))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_zero_size_matrices_come_back_empty():
+    for shape in [(0, 5), (5, 0), (3, 0, 4)]:
+        out = orthogonalize(jnp.zeros(shape), "muon")
+        assert out.shape == shape

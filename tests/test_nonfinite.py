@@ -255,3 +255,18 @@ def test_zero_matrix_gradient_with_zero_ns_eps_stays_finite():
     updates, state = jax.jit(opt.update)(grads, opt.init(params), params)
     assert bool(state.last_finite)
     assert_all_finite(updates, "updates")
+
+
+def test_finite_gradients_with_an_overflowing_update_are_skipped_too():
+    """An inner transformation can overflow on finite gradients (float16 moments,
+    a huge scale): that step is skipped as well, state kept."""
+    inner = optax.chain(optax.scale_by_adam(), optax.scale(1e38), optax.scale(10.0))
+    tx = root_optax.skip_nonfinite(inner)
+    params = jnp.ones(3)
+    state = tx.init(params)
+    updates, new_state = jax.jit(tx.update)(jnp.array([1.0, 2.0, 3.0]), state, params)
+    assert updates.tolist() == [0.0, 0.0, 0.0]
+    assert int(new_state.skipped) == 1 and not bool(new_state.last_finite)
+    jax.tree.map(
+        np.testing.assert_array_equal, new_state.inner_state, state.inner_state
+    )

@@ -135,3 +135,32 @@ def test_options_reach_reference_variants(x64, ours, theirs):
     theirs = {"coeffs": "reference", **theirs}
     got = run_root(params, grads, jnp.float64, learning_rate=2e-2, **ours)
     assert_close(got, reference(params, grads, lr=2e-2, **theirs), 1e-8)
+
+
+def test_complex128_equals_the_complex_reference(x64):
+    """ROOT on complex parameters: X X^H in Newton–Schulz, |u| in the threshold
+    and the clip, |g|^2 in AdamW's second moment."""
+    rng = np.random.default_rng(2)
+    shapes = {k: SMALL[k] for k in ("wide", "tall", "bias", "stack")}
+    cplx = lambda s: rng.standard_normal(s) + 1j * rng.standard_t(2, size=s)
+    params = {k: 0.1 * cplx(s) for k, s in shapes.items()}
+    grads = [{k: cplx(s) for k, s in shapes.items()} for _ in range(STEPS)]
+    dims = {k: DIMS[k] for k in params}
+    tx = root_optax.root(2e-2, ns_coeffs="muon", weight_dimension_numbers=dims)
+    state = tx.init({k: jnp.asarray(v) for k, v in params.items()})
+    got, current = [], {k: jnp.asarray(v) for k, v in params.items()}
+    step = jax.jit(tx.update)
+    for g in grads:
+        updates, state = step({k: jnp.asarray(v) for k, v in g.items()}, state, current)
+        current = optax.apply_updates(current, updates)
+        assert all(v.dtype == jnp.complex128 for v in current.values())
+        got.append({k: np.asarray(v) for k, v in current.items()})
+    want = ref.reference_root(
+        params,
+        grads,
+        lr=2e-2,
+        coeffs="muon",
+        stacked_keys=("stack",),
+        adam_form="reference",
+    )
+    assert_close(got, want, 1e-8)

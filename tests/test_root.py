@@ -87,10 +87,19 @@ def test_default_routing_and_name_routing(rng):
         "bias": "adamw",
         "stack": "adamw",
     }
-    dims = root_optax.matrix_dimension_numbers(["embed"], stacked=True)
+    dims = root_optax.matrix_dimension_numbers(["embed"], stacked="stack")
     assert labels(root_optax.root(1e-3, weight_dimension_numbers=dims)) == {
         "embed": "adamw",
         "w": "root",
+        "bias": "adamw",
+        "stack": "root",
+    }
+    # stacked=True: every leaf has a layer axis, so a 2-D leaf is a stack of
+    # vectors (a scanned bias).
+    dims = root_optax.matrix_dimension_numbers(stacked=True)
+    assert labels(root_optax.root(1e-3, weight_dimension_numbers=dims)) == {
+        "embed": "adamw",
+        "w": "adamw",
         "bias": "adamw",
         "stack": "root",
     }

@@ -552,13 +552,20 @@ def test_ns_dtype_must_be_floating(fn, dtype, shown):
     )
 
 
-def test_matrix_dimension_numbers_stacked_must_be_bool():
+@pytest.mark.parametrize(
+    "stacked, exc_type, shown",
+    [(1.5, TypeError, "1.5"), (None, TypeError, "None"), (["("], ValueError, "'('")],
+    ids=["float", "none", "bad_regex"],
+)
+def test_matrix_dimension_numbers_stacked_is_a_bool_or_regexes(
+    stacked, exc_type, shown
+):
     check_raises(
-        TypeError,
-        lambda: root_optax.matrix_dimension_numbers(stacked="yes"),
+        exc_type,
+        lambda: root_optax.matrix_dimension_numbers(stacked=stacked),
         "matrix_dimension_numbers",
         "stacked=...",
-        "'yes'",
+        shown,
     )
 
 
