@@ -1,4 +1,10 @@
-"""Newton–Schulz coefficient presets and their lookup by matrix shape."""
+"""Newton–Schulz coefficient presets, spec checking and resolution per shape.
+
+The one home of the presets (:data:`MUON_COEFFICIENTS`, :data:`REFERENCE_TABLE`,
+the names in :data:`PRESETS`). Core layer: ``"root"`` reads the shipped table
+(:mod:`root_optax._coefficient_table`); nothing here imports
+``root_optax.coefficients`` (the fitter sits above).
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,9 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from root_optax import coefficients
+from root_optax import _coefficient_table
 
-MUON_COEFFICIENTS = coefficients.MUON
+MUON_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 """Keller Jordan's Muon quintic, used for every shape by ``ns_coeffs="muon"``."""
 
 REFERENCE_TABLE: Mapping[tuple[int, int], tuple[float, float, float]] = {
@@ -62,15 +68,28 @@ def _as_steps(fn: str, value, ns_steps: int, what: str) -> np.ndarray:
     return arr
 
 
+def _check_preset(fn: str, name: str, ns_steps: int) -> None:
+    """A preset name must exist, and ``"root"`` needs a shipped step count."""
+    if name not in PRESETS:
+        raise ValueError(
+            f"{fn}(ns_coeffs=...) got unknown preset {name!r}; expected one of"
+            f" {PRESETS}, an (a, b, c) triple, a sequence of triples, a mapping"
+            " from (min, max) shape to coefficients, or a callable."
+        )
+    supported = _coefficient_table.SUPPORTED_STEPS
+    if name == "root" and ns_steps not in supported:
+        raise ValueError(
+            f"{fn}(ns_coeffs='root') ships coefficients for ns_steps in {supported},"
+            f" got ns_steps={ns_steps}; pass one of those, or"
+            " ns_coeffs=root_optax.coefficients.on_demand to fit your shapes for"
+            f" {ns_steps} steps (cached)."
+        )
+
+
 def check_spec(fn: str, ns_coeffs: CoefficientSpec, ns_steps: int) -> None:
     """Validate a coefficient spec at construction time (shapes come later)."""
     if isinstance(ns_coeffs, str):
-        if ns_coeffs not in PRESETS:
-            raise ValueError(
-                f"{fn}(ns_coeffs=...) got unknown preset {ns_coeffs!r}; expected one of"
-                f" {PRESETS}, an (a, b, c) triple, a sequence of triples, a mapping"
-                " from (min, max) shape to coefficients, or a callable."
-            )
+        _check_preset(fn, ns_coeffs, ns_steps)
     elif isinstance(ns_coeffs, Mapping):
         for key, value in ns_coeffs.items():
             if not (
@@ -87,27 +106,33 @@ def check_spec(fn: str, ns_coeffs: CoefficientSpec, ns_steps: int) -> None:
         _as_steps(fn, ns_coeffs, ns_steps, "")
 
 
+def _preset(fn: str, name: str, key: tuple[int, int], ns_steps: int):
+    """The coefficients of preset ``name`` for the ``(min, max)`` shape ``key``."""
+    _check_preset(fn, name, ns_steps)
+    if name == "muon":
+        return MUON_COEFFICIENTS
+    if name == "root":
+        # Fitted per shape and step count, safe by construction; off-grid
+        # shapes interpolate, see root_optax._coefficient_table.lookup.
+        return _coefficient_table.lookup(key, ns_steps)
+    value = REFERENCE_TABLE.get(key)
+    if value is None:
+        warnings.warn(
+            f"{fn}(ns_coeffs='reference'): no reference coefficients for shape "
+            f"{key}; using Muon's {MUON_COEFFICIENTS} like the reference does.",
+            stacklevel=3,
+        )
+        value = MUON_COEFFICIENTS
+    return value
+
+
 def coefficients_for_shape(
     fn: str, ns_coeffs: CoefficientSpec, shape: tuple[int, int], ns_steps: int
 ) -> np.ndarray:
     """Per-iteration coefficients ``(ns_steps, 3)`` for a matrix of ``shape``."""
     key = (min(shape), max(shape))
     if isinstance(ns_coeffs, str):
-        if ns_coeffs == "muon":
-            value = MUON_COEFFICIENTS
-        elif ns_coeffs == "root":
-            # Fitted per shape and step count, safe by construction; off-grid
-            # shapes interpolate, see root_optax.coefficients.lookup.
-            value = coefficients.lookup(key, ns_steps)
-        else:
-            value = REFERENCE_TABLE.get(key)
-            if value is None:
-                warnings.warn(
-                    f"{fn}(ns_coeffs='reference'): no reference coefficients for shape "
-                    f"{key}; using Muon's {MUON_COEFFICIENTS} like the reference does.",
-                    stacklevel=2,
-                )
-                value = MUON_COEFFICIENTS
+        value = _preset(fn, ns_coeffs, key, ns_steps)
     elif isinstance(ns_coeffs, Mapping):
         if key not in ns_coeffs:
             raise ValueError(

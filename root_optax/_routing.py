@@ -9,7 +9,12 @@ import jax
 import numpy as np
 from optax.contrib import MuonDimensionNumbers
 
-from root_optax import _coefficients, _dimension_numbers, _validation
+from root_optax import (
+    _coefficient_table,
+    _coefficients,
+    _dimension_numbers,
+    _validation,
+)
 
 ConvRule = Literal["adamw", "matrix"]
 
@@ -243,12 +248,9 @@ def _coefficient_source(ns_coeffs, matrix_shape, ns_steps: int) -> str:
 
 
 def _root_source(key, ns_steps: int) -> str:
-    # TODO(integration): move to the core lookup layer once it is split out.
-    from root_optax.coefficients import _table
-
-    if ns_steps not in _table.load():
-        return f"root, fitted on demand for {ns_steps} steps"
-    if key in _table.load()[ns_steps]:
+    """Where the ``"root"`` preset takes one shape's coefficients from."""
+    table = _coefficient_table.load()
+    if key in table[ns_steps]:
         return f"root table {key}"
     return "root table, interpolated"
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from root_optax import MUON_COEFFICIENTS, REFERENCE_TABLE, coefficients
-from root_optax._coefficients import coefficients_for_shape
+from root_optax._coefficients import check_spec, coefficients_for_shape
 
 SHAPES = [
     (64, 64),
@@ -130,3 +130,19 @@ def test_mapping_and_callable_specs():
         coefficients_for_shape("t", spec, (9, 3), 4), [[1.5, -0.5, 0.0]] * 4
     )
     assert seen == [((3, 9), 4)]
+
+
+@pytest.mark.parametrize("ns_steps", [1, 2, 7, 9])
+def test_root_preset_rejects_step_counts_the_table_lacks(ns_steps):
+    """The core never fits: other step counts are an error that names the fix
+    (root_optax.coefficients.on_demand, which fits them)."""
+    match = (
+        rf"root\(ns_coeffs='root'\) ships coefficients for ns_steps in "
+        rf"\(3, 4, 5, 6\), got ns_steps={ns_steps}.*coefficients\.on_demand"
+    )
+    with pytest.raises(ValueError, match=match):
+        check_spec("root", "root", ns_steps)
+    with pytest.raises(ValueError, match=match):
+        coefficients_for_shape("root", "root", (64, 256), ns_steps)
+    check_spec("root", "muon", ns_steps)
+    check_spec("root", coefficients.on_demand, ns_steps)

@@ -5,6 +5,7 @@ interval arithmetic), float64 SVD of explicit matrices, and Muon's and the
 authors' coefficients.
 """
 
+import json
 import subprocess
 import sys
 
@@ -13,8 +14,14 @@ import numpy as np
 import pytest
 
 import root_optax
-from root_optax import MUON_COEFFICIENTS, REFERENCE_TABLE, coefficients
-from root_optax.coefficients import _spectra, _table
+from root_optax import (
+    MUON_COEFFICIENTS,
+    REFERENCE_TABLE,
+    _coefficient_safety,
+    _coefficient_table,
+    coefficients,
+)
+from root_optax.coefficients import _generate, _spectra
 
 GRID = np.linspace(0.0, 1.0, 200_001)
 
@@ -74,7 +81,7 @@ def test_interval_image_is_exact_against_sampling():
         lo, hi = sorted(rng.uniform(0, 1.2, 2))
         s = np.linspace(lo, hi, 20_001)
         values = triple[0] * s + triple[1] * s**3 + triple[2] * s**5
-        got = coefficients._safety.image(tuple(triple), lo, hi)
+        got = _coefficient_safety.image(tuple(triple), lo, hi)
         np.testing.assert_allclose(got, (values.min(), values.max()), atol=1e-7)
 
 
@@ -97,7 +104,7 @@ def test_bad_coefficient_arrays_are_rejected():
 
 # ---------------------------------------------------------------- the table
 def test_every_table_entry_is_safe_for_its_step_count():
-    table = _table.load()
+    table = _coefficient_table.load()
     assert sorted(table) == list(coefficients.SUPPORTED_STEPS)
     for steps, entries in table.items():
         assert sorted(entries) == coefficients.grid_shapes()
@@ -107,7 +114,7 @@ def test_every_table_entry_is_safe_for_its_step_count():
 
 @pytest.mark.parametrize("steps", [3, 4, 5, 6])
 def test_table_entries_are_safe_by_sampling(steps):
-    entries = _table.load()[steps]
+    entries = _coefficient_table.load()[steps]
     rng = np.random.default_rng(steps)
     keys = sorted(entries)
     for i in rng.choice(len(keys), 12, replace=False):
@@ -128,14 +135,15 @@ def test_off_grid_lookup_is_safe_and_symmetric(shape, steps):
 def test_lookup_hits_the_table_exactly_on_grid():
     for shape in [(1024, 4096), (4096, 11008), (8, 8), (16384, 16384)]:
         np.testing.assert_array_equal(
-            coefficients.lookup(shape, 5).ravel(), _table.load()[5][shape]
+            coefficients.lookup(shape, 5).ravel(), _coefficient_table.load()[5][shape]
         )
 
 
 def test_off_grid_lookup_interpolates_between_neighbours():
     # (1024, 2048) and (1536, 2048) are grid points; 1254 is their log-midpoint.
     got = coefficients.lookup((1254, 2048), 5).ravel()
-    lo, hi = _table.load()[5][(1024, 2048)], _table.load()[5][(1536, 2048)]
+    table = _coefficient_table.load()[5]
+    lo, hi = table[(1024, 2048)], table[(1536, 2048)]
     for g, a, b in zip(got, lo, hi, strict=True):
         assert min(a, b) - 1e-12 <= g <= max(a, b) + 1e-12
 
@@ -148,20 +156,20 @@ def test_other_step_counts_are_fitted_on_demand_and_safe(steps):
     np.testing.assert_array_equal(coeffs, coefficients.on_demand((256, 64), steps))
 
 
-def test_table_regenerates_reproducibly(tmp_path, monkeypatch):
+def test_table_regenerates_reproducibly(tmp_path):
     shapes = [(8, 8), (48, 384), (4096, 11008)]
-    monkeypatch.setattr(_table, "grid_shapes", lambda: shapes)
-    path = tmp_path / "table.json"
-    try:
-        data = _table.generate(path, steps=(5,))
-        again = _table.generate(tmp_path / "again.json", steps=(5,))
-    finally:
-        _table.load.cache_clear()
-        _table._lookup.cache_clear()
+    data = _generate.generate(tmp_path / "table.json", steps=(5,), shapes=shapes)
+    again = _generate.generate(tmp_path / "again.json", steps=(5,), shapes=shapes)
     assert data["entries"] == again["entries"]
-    shipped = _table.load()[5]
+    shipped = _coefficient_table.load()[5]
     for m, n, *flat in data["entries"]["5"]:
         assert tuple(flat) == shipped[(m, n)]
+    assert _generate.dumps(data) == (tmp_path / "table.json").read_text()
+
+
+def test_shipped_table_is_in_the_generators_format():
+    text = _coefficient_table.TABLE_FILE.read_text()
+    assert _generate.dumps(json.loads(text)) == text
 
 
 # ---------------------------------------------------------------- spectra

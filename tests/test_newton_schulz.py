@@ -7,6 +7,7 @@ import pytest
 from optax.contrib import MuonDimensionNumbers
 
 import root_optax
+import root_optax.coefficients
 from root_optax import MUON_COEFFICIENTS, REFERENCE_TABLE, orthogonalize
 
 

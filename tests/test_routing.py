@@ -9,6 +9,7 @@ import pytest
 from optax.contrib import MuonDimensionNumbers
 
 import root_optax
+from root_optax.coefficients import on_demand
 
 SCANNED = {
     "embed": jnp.ones((16, 4)),
@@ -92,7 +93,7 @@ def test_routing_table_rows_and_text():
         ("reference", None, "muon (reference fallback, warns)"),
         ((3.0, -3.2, 1.2), None, "user coefficients"),
         ("root", 5, "root table, interpolated"),
-        ("root", 9, "root, fitted on demand for 9 steps"),
+        (on_demand, 2, "callable on_demand(100, 300)"),
     ],
 )
 def test_routing_table_names_the_coefficient_source(ns_coeffs, ns_steps, source):

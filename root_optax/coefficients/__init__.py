@@ -23,7 +23,8 @@ normalized values sit in :math:`[(1-\sqrt{m/n}), (1+\sqrt{m/n})]/\sqrt{m}`),
 ``power_law`` (:math:`\sigma_i \propto i^{-1/2}`), ``spike`` (one direction
 with 30% of the energy plus noise) and ``recorded`` (clipped Nesterov momenta
 recorded while training a small transformer on text with ROOT, see
-``_record.py``; seed 0 is fitted, seed 1 held out for the benchmark).
+``root_optax.demo.record_spectra``; seed 0 is fitted, seed 1 held out for
+the benchmark).
 
 **The objective** of :func:`fit` for one shape and step count :math:`K`:
 
@@ -67,11 +68,23 @@ shape, on a wider set of spectra, with the safety constraint, for every shape.
 
 **The table** (:func:`lookup`, used by ``ns_coeffs="root"``): every
 ``(min, max)`` pair of a ladder of dimensions 8..16384 about :math:`\sqrt2`
-apart plus common transformer shapes, for 3..6 steps, in ``table.json``
-(regenerate with ``python -m root_optax.coefficients table``). Other shapes
-interpolate the four surrounding entries in log scale (checked safe, else the
-nearest entry); other step counts are fitted on demand. Nothing falls back to
-Muon's coefficients silently.
+apart plus common transformer shapes, for 3..6 steps, in
+``root_optax/coefficient_table.json`` (regenerate with ``python -m
+root_optax.coefficients table``). Other shapes interpolate the four
+surrounding entries in log scale (checked safe, else the nearest entry);
+:func:`lookup` fits other step counts on demand, the ``"root"`` preset rejects
+them (pass ``ns_coeffs=on_demand``). Nothing falls back to Muon's coefficients
+silently.
+
+**Layout.** This package is the fitter and sits above the core: the presets
+(``root_optax._coefficients``), the shipped table and its interpolation
+(``root_optax._coefficient_table``) and the exact safety check
+(``root_optax._coefficient_safety``) import nothing from here, and this
+package re-exports their public names. Here: the spectra (``_spectra``), the
+fit (``_fit``), lookup with on-demand fits (``_lookup``), the table generator
+(``_generate``) and the command line (``python -m root_optax.coefficients
+fit|table``). The recorded spectra are re-recorded by training the demo,
+above both: ``python -m root_optax.demo.record_spectra``.
 
 Examples:
   >>> from root_optax import coefficients
@@ -81,27 +94,26 @@ Examples:
   True
 """
 
-from root_optax.coefficients._fit import FIT_FAMILIES, MUON, Fit, fit
-from root_optax.coefficients._safety import (
+from root_optax._coefficient_safety import (
     BAND,
-    SUPPORTED_STEPS,
     invariant_bound,
     is_safe,
     output_range,
     safe_delta,
 )
+from root_optax._coefficient_table import (
+    EXTRA_SHAPES,
+    LADDER,
+    SUPPORTED_STEPS,
+    grid_shapes,
+)
+from root_optax.coefficients._fit import FIT_FAMILIES, MUON, Fit, fit
+from root_optax.coefficients._lookup import lookup, on_demand
 from root_optax.coefficients._spectra import (
     FAMILIES,
     Spectrum,
     family,
     relative_polar_error,
-)
-from root_optax.coefficients._table import (
-    EXTRA_SHAPES,
-    LADDER,
-    grid_shapes,
-    lookup,
-    on_demand,
 )
 
 __all__ = (

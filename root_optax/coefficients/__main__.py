@@ -1,9 +1,10 @@
-"""Command line: ``python -m root_optax.coefficients {fit,table,record} ...``.
+"""Command line: ``python -m root_optax.coefficients {fit,table} ...``.
 
 ``fit 4096 11008 --steps 5`` prints fitted coefficients and their measured
 error per spectrum family next to Muon's; ``table`` regenerates the shipped
-``table.json`` (deterministic); ``record`` regenerates
-``recorded_spectra.json`` by training the demo model (needs flax).
+``root_optax/coefficient_table.json`` (deterministic). The recorded momentum
+spectra are re-recorded by ``python -m root_optax.demo.record_spectra``
+(trains the demo model, needs flax).
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from root_optax.coefficients import _fit, _safety, _spectra, _table
+from root_optax import _coefficient_safety, _coefficient_table
+from root_optax.coefficients import _fit, _generate
 
 
 def _progress(items):
@@ -33,7 +35,7 @@ def _cmd_fit(args) -> None:
         print("coefficients (a, b, c) per iteration:")
         print(result.coefficients)
     lo, hi = result.output_range
-    delta = _safety.safe_delta(args.steps)
+    delta = _coefficient_safety.safe_delta(args.steps)
     print(f"output singular values for s in [{delta:.4g}, 1]: [{lo:.4f}, {hi:.4f}]")
     print(f"{'family':<12}{'ours':>10}{'muon':>10}{'ratio':>10}")
     for family, error in result.errors.items():
@@ -43,7 +45,7 @@ def _cmd_fit(args) -> None:
 
 def _cmd_table(args) -> None:
     start = time.perf_counter()
-    data = _table.generate(args.out, steps=args.steps, progress=_progress)
+    data = _generate.generate(args.out, steps=args.steps, progress=_progress)
     count = sum(len(rows) for rows in data["entries"].values())
     print(f"wrote {count} entries to {args.out} in {time.perf_counter() - start:.0f} s")
     print("worst error ratio to Muon per step count/family:")
@@ -51,16 +53,12 @@ def _cmd_table(args) -> None:
         print(f"  {key:<20}{ratio:.3f}")
 
 
-def _cmd_record(args) -> None:
-    from root_optax.coefficients import _record
-
-    data = _record.record(args.out, d_model=args.d_model, steps=args.train_steps)
-    print(f"wrote {len(data['records'])} spectra to {args.out} in {data['seconds']} s")
-
-
-def main(argv: Sequence[str] | None = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m root_optax.coefficients", description=__doc__.split("\n")[0]
+        prog="python -m root_optax.coefficients",
+        description=__doc__.split("\n")[0],
+        epilog="To re-record the momentum spectra: "
+        "python -m root_optax.demo.record_spectra (needs flax).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     fit = commands.add_parser("fit", help="fit and print coefficients for one shape")
@@ -72,16 +70,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     fit.set_defaults(run=_cmd_fit)
     table = commands.add_parser("table", help="regenerate the shipped table")
-    table.add_argument("--out", default=str(_table.TABLE_FILE))
+    table.add_argument("--out", default=str(_coefficient_table.TABLE_FILE))
     table.add_argument(
-        "--steps", type=int, nargs="+", default=list(_safety.SUPPORTED_STEPS)
+        "--steps", type=int, nargs="+", default=list(_coefficient_table.SUPPORTED_STEPS)
     )
     table.set_defaults(run=_cmd_table)
-    record = commands.add_parser("record", help="record real momentum spectra")
-    record.add_argument("--out", default=str(_spectra.RECORDED_FILE))
-    record.add_argument("--d-model", type=int, default=256)
-    record.add_argument("--train-steps", type=int, default=200)
-    record.set_defaults(run=_cmd_record)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Parse ``argv`` and run the chosen command."""
+    parser = _parser()
     args = parser.parse_args(argv)
     for name in ("m", "n", "steps"):
         values = np.atleast_1d(getattr(args, name, 1))

@@ -8,10 +8,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from root_optax.coefficients import _safety, _spectra
+from root_optax import _coefficient_safety as _safety
+from root_optax._coefficients import MUON_COEFFICIENTS
+from root_optax.coefficients import _spectra
 
-MUON = (3.4445, -4.7750, 2.0315)
-"""Keller Jordan's Muon quintic, the baseline every fit is measured against."""
+MUON = MUON_COEFFICIENTS
+"""Keller Jordan's Muon quintic (:data:`root_optax.MUON_COEFFICIENTS`), the
+baseline every fit is measured against."""
 
 FIT_FAMILIES = ("gaussian", "low_rank", "power_law", "spike", "recorded")
 """The spectrum families the objective averages over."""
@@ -44,6 +47,7 @@ class Fit(NamedTuple):
     output_range: tuple[float, float]
     """Exact range of the output singular values over ``[safe_delta(K), 1]``."""
     seconds: float
+    """Wall-clock time the fit took."""
 
 
 class _Problem:
@@ -113,19 +117,8 @@ def _nelder_mead(
     return points[best], values[best]
 
 
-def fit(
-    shape: Sequence[int],
-    ns_steps: int = 5,
-    *,
-    per_iteration: bool = False,
-    families: Sequence[str] = FIT_FAMILIES,
-) -> Fit:
-    """Fit safe quintic coefficients for ``shape``; see the package docstring."""
-    start_time = time.perf_counter()
-    shape = (int(min(shape)), int(max(shape)))
-    problem = _Problem(shape, families)
-    muon = np.tile(MUON, (ns_steps, 1))
-    baseline = problem.errors(muon)
+def _objective(problem: _Problem, baseline: np.ndarray):
+    """The fit's objective on ``(K, 3)`` coefficients (infinite when unsafe)."""
     weights = np.array([FAMILY_WEIGHTS.get(f, 1.0) for f in problem.families])
     caps = np.array([TOLERANCE.get(f, 1.05) for f in problem.families])
 
@@ -136,10 +129,16 @@ def fit(
         excess = np.maximum(ratio - caps, 0.0)
         return float(weights @ ratio**2 / weights.sum() + 1e3 * np.sum(excess**2))
 
+    return objective
+
+
+def _best_single(objective, ns_steps: int, shape) -> tuple[np.ndarray, float]:
+    """The best repeated triple from each of :data:`_STARTS` (Muon's among them)."""
+
     def single(x: np.ndarray) -> float:
         return objective(np.tile(x, (ns_steps, 1)))
 
-    best, best_value = muon[0], single(muon[0])
+    best, best_value = np.asarray(MUON, dtype=np.float64), single(np.asarray(MUON))
     for start in _STARTS:
         if not np.isfinite(single(np.asarray(start))):
             continue
@@ -153,17 +152,39 @@ def fit(
             "safe starting point (not even Muon's coefficients); the safety band "
             "cannot be met with this few steps."
         )
+    return best, best_value
+
+
+def _refine_per_iteration(objective, coeffs: np.ndarray, value: float) -> np.ndarray:
+    """One triple per step, from ``coeffs``; kept only if the objective improves."""
+    ns_steps = len(coeffs)
+
+    def flat(x: np.ndarray) -> float:
+        return objective(x.reshape(ns_steps, 3))
+
+    x, refined = coeffs.ravel(), value
+    for step in (0.05, 0.02, 0.01):  # restarts: a fresh simplex each time
+        x, refined = _nelder_mead(flat, x, step, 200 * ns_steps)
+    return x.reshape(ns_steps, 3) if refined < value else coeffs
+
+
+def fit(
+    shape: Sequence[int],
+    ns_steps: int = 5,
+    *,
+    per_iteration: bool = False,
+    families: Sequence[str] = FIT_FAMILIES,
+) -> Fit:
+    """Fit safe quintic coefficients for ``shape``; see the package docstring."""
+    start_time = time.perf_counter()
+    shape = (int(min(shape)), int(max(shape)))
+    problem = _Problem(shape, families)
+    baseline = problem.errors(np.tile(MUON, (ns_steps, 1)))
+    objective = _objective(problem, baseline)
+    best, best_value = _best_single(objective, ns_steps, shape)
     coeffs = np.tile(best, (ns_steps, 1))
     if per_iteration:
-
-        def flat(x: np.ndarray) -> float:
-            return objective(x.reshape(ns_steps, 3))
-
-        x, value = coeffs.ravel(), best_value
-        for step in (0.05, 0.02, 0.01):  # restarts: a fresh simplex each time
-            x, value = _nelder_mead(flat, x, step, 200 * ns_steps)
-        if value < best_value:
-            coeffs = x.reshape(ns_steps, 3)
+        coeffs = _refine_per_iteration(objective, coeffs, best_value)
     return Fit(
         coefficients=coeffs,
         shape=shape,

@@ -27,7 +27,9 @@ class Spectrum(NamedTuple):
     """Normalized singular values and how many singular values each stands for."""
 
     values: np.ndarray
+    """Normalized singular values ``s``, with ``sum(weights * s**2) == 1``."""
     weights: np.ndarray
+    """How many singular values each entry of ``values`` stands for."""
 
 
 def _normalize(values: np.ndarray, weights: np.ndarray) -> Spectrum:
@@ -104,7 +106,8 @@ def spike(m: int, n: int) -> Spectrum:
 
 @functools.lru_cache(maxsize=1)
 def recorded_records() -> tuple[dict, ...]:
-    """The records of ``recorded_spectra.json`` (see ``_record.py``)."""
+    """The records of ``recorded_spectra.json`` (written by
+    :mod:`root_optax.demo.record_spectra`)."""
     return tuple(json.loads(RECORDED_FILE.read_text())["records"])
 
 
@@ -149,7 +152,7 @@ FAMILIES = {
     "power_law": power_law,
     "spike": spike,
 }
-"""Synthetic families by name: ``fn(m, n) -> Spectrum`` with ``m <= n``."""
+"""Synthetic families by name, each ``fn(m, n) -> Spectrum`` with ``m <= n``."""
 
 
 def family(name: str, m: int, n: int) -> list[Spectrum]:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from root_optax.demo._config import Config
+
 # Pure-Python standard-library modules that are single files in every CPython from
 # 3.10 on, in a fixed (sorted) order: about 1.5 MB of text. The source ships with
 # every Python installation (no download) under the Python Software Foundation
@@ -123,3 +125,28 @@ def eval_batches(
 def gather(tokens: np.ndarray, starts: np.ndarray, seq_len: int) -> np.ndarray:
     """Windows ``tokens[s : s + seq_len + 1]`` for each start, shape ``(..., L+1)``."""
     return tokens[starts[..., None] + np.arange(seq_len + 1)]
+
+
+def train_windows(corpus: Corpus, cfg: Config) -> np.ndarray:
+    """Training windows ``(cfg.steps, cfg.batch_size, cfg.seq_len + 1)``, in the
+    order of :func:`train_batches` drawn from ``cfg.seed``."""
+    starts = train_batches(
+        corpus.train,
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        seq_len=cfg.seq_len,
+        seed=cfg.seed,
+    )
+    return gather(corpus.train, starts, cfg.seq_len)
+
+
+def eval_windows(corpus: Corpus, cfg: Config) -> np.ndarray:
+    """Validation windows ``(cfg.eval_batches, cfg.batch_size, cfg.seq_len + 1)``
+    spread evenly over the held-out split (:func:`eval_batches`)."""
+    starts = eval_batches(
+        corpus.valid,
+        num_batches=cfg.eval_batches,
+        batch_size=cfg.batch_size,
+        seq_len=cfg.seq_len,
+    )
+    return gather(corpus.valid, starts, cfg.seq_len)

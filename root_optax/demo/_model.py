@@ -7,10 +7,13 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-# Parameter-path patterns that the orthogonalizing optimizers send to AdamW: the
-# token and position embeddings, the output head and every norm scale. The
-# remaining 2-D kernels (attention and MLP projections) are the matrices.
+from root_optax.demo._config import Config
+from root_optax.demo._data import VOCAB_SIZE
+
 ADAMW_PARAMS = ("embed", "head", "norm")
+"""Parameter-path patterns that the orthogonalizing optimizers send to AdamW: the
+token and position embeddings, the output head and every norm scale. The
+remaining 2-D kernels (attention and MLP projections) are the matrices."""
 
 
 class CausalSelfAttention(nnx.Module):
@@ -19,7 +22,8 @@ class CausalSelfAttention(nnx.Module):
     def __init__(self, d_model: int, num_heads: int, *, rngs: nnx.Rngs):
         if d_model % num_heads:
             raise ValueError(
-                f"d_model={d_model} must be divisible by num_heads={num_heads}."
+                "root_optax.demo.TransformerLM: d_model must be divisible by "
+                f"num_heads, got d_model={d_model}, num_heads={num_heads}."
             )
         self.num_heads = num_heads
         self.qkv = nnx.Linear(d_model, 3 * d_model, use_bias=False, rngs=rngs)
@@ -106,3 +110,15 @@ def loss_fn(model: TransformerLM, windows: jax.Array) -> jax.Array:
     logits = model(windows[:, :-1])
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, windows[:, 1:])
     return losses.mean()
+
+
+def build_model(cfg: Config) -> TransformerLM:
+    """The model, initialised from ``cfg.seed`` (identical for every optimizer)."""
+    return TransformerLM(
+        vocab_size=VOCAB_SIZE,
+        d_model=cfg.d_model,
+        num_layers=cfg.layers,
+        num_heads=cfg.heads,
+        max_len=cfg.seq_len,
+        rngs=nnx.Rngs(cfg.seed),
+    )

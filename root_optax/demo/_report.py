@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
 import root_optax
+from root_optax.demo._config import NAMES, Config
 
 TITLE = "root_optax demo: byte-level transformer LM, ROOT vs Muon vs AdamW"
 
@@ -83,6 +85,36 @@ def results(cfg, corpus, num_params, runs, rows) -> dict[str, Any]:
         "table": rows,
         "curves": {name: run for name, run in runs.items()},
     }
+
+
+def summarize(name: str, run: dict[str, Any], cfg: Config) -> dict[str, Any]:
+    """Table row of one run: final losses in bits per byte, speed."""
+    bits = 1 / math.log(2)
+    last = max(1, min(10, len(run["train_loss"]) // 10))
+    timed = run["step_seconds"][1:] or run["step_seconds"]  # drop the compile
+    median = float(np.median(timed))
+    return {
+        "optimizer": NAMES[name],
+        "learning_rate": getattr(cfg, f"lr_{name}"),
+        "train_bpb": float(np.mean(run["train_loss"][-last:])) * bits,
+        "valid_bpb": run["eval_loss"][-1] * bits,
+        "tokens_per_s": cfg.batch_size * cfg.seq_len / median,
+        "median_step_ms": 1e3 * median,
+        "first_step_s": run["step_seconds"][0],
+        "train_loss_window": last,
+    }
+
+
+def table_rows(cfg: Config, runs: dict[str, dict]) -> list[dict[str, Any]]:
+    """One :func:`summarize` row per optimizer, with step time relative to AdamW's."""
+    rows = [summarize(name, runs[name], cfg) for name in cfg.optimizers]
+    reference = None
+    if "adamw" in cfg.optimizers:
+        reference = rows[cfg.optimizers.index("adamw")]["median_step_ms"]
+    for row in rows:
+        ratio = None if reference is None else row["median_step_ms"] / reference
+        row["step_time_vs_adamw"] = ratio
+    return rows
 
 
 def markdown_table(rows) -> str:

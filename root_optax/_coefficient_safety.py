@@ -6,6 +6,9 @@ interval, and the extremes of ``f`` on ``[lo, hi]`` are at the endpoints or at
 the real roots of ``f'(s) = a + 3 b s^2 + 5 c s^4`` inside it (a quadratic in
 ``s^2``), so the image of an interval under any sequence of steps is computed
 exactly, with no sampling: a band that holds here holds for every input.
+
+Core layer: the shipped table's interpolation re-checks its blends with
+:func:`is_safe`; ``root_optax.coefficients`` re-exports the public names.
 """
 
 from __future__ import annotations
@@ -16,9 +19,6 @@ import numpy as np
 
 BAND = (0.65, 1.25)
 """Every singular value in ``[safe_delta(K), 1]`` must come out inside this band."""
-
-SUPPORTED_STEPS = (3, 4, 5, 6)
-"""Step counts the shipped table covers (others are fitted on demand)."""
 
 
 def safe_delta(ns_steps: int) -> float:
@@ -76,20 +76,42 @@ def output_range(coeffs, lo: float, hi: float = 1.0) -> tuple[float, float]:
 
 
 def _as_steps(coeffs, ns_steps: int | None) -> np.ndarray:
+    """``coeffs`` as a float64 ``(K, 3)`` array (a triple is repeated ``ns_steps``)."""
     arr = np.asarray(coeffs, dtype=np.float64)
     if arr.shape == (3,):
         if ns_steps is None:
             raise ValueError(
-                "root_optax.coefficients: a single (a, b, c) triple needs ns_steps "
-                f"to be checked, got ns_steps=None for {tuple(arr)}."
+                "root_optax.coefficients.is_safe(coeffs=...): a single (a, b, c) "
+                f"triple needs ns_steps to be checked, got ns_steps=None for "
+                f"{tuple(arr)}; pass ns_steps=5 (or the step count you run)."
             )
         arr = np.tile(arr, (ns_steps, 1))
     if arr.ndim != 2 or arr.shape[1] != 3 or len(arr) == 0:
         raise ValueError(
-            "root_optax.coefficients: coefficients must be a triple or shape (K, 3), "
-            f"got shape {arr.shape}."
+            "root_optax.coefficients.is_safe(coeffs=...) must be a triple or have "
+            f"shape (K, 3), got shape {arr.shape}."
         )
     return arr
+
+
+def _intermediate_excess(coeffs: list, hi_band: float, margin: float) -> float:
+    """Condition (1) of :func:`violation`: every step stays in ``[0, BAND[1]]``."""
+    excess = 0.0
+    if all(triple == coeffs[0] for triple in coeffs):
+        # One repeated triple: with M = max f on [0, 1], [0, M] must be
+        # invariant (f on [1, M] stays <= M, by ``margin`` when fitting), which
+        # bounds every step count and every intermediate by M.
+        lo, bound = image(coeffs[0], 0.0, 1.0)
+        excess += max(0.0, -lo) + max(0.0, bound - hi_band)
+        if bound > 1.0:
+            lo, hi = image(coeffs[0], 1.0, bound)
+            excess += max(0.0, -lo) + max(0.0, hi - (bound - margin))
+        return excess
+    lo, hi = 0.0, 1.0
+    for triple in coeffs:
+        lo, hi = image(triple, lo, hi)
+        excess += max(0.0, -lo) + max(0.0, hi - hi_band)
+    return excess
 
 
 def violation(coeffs, ns_steps: int | None = None, *, margin: float = 0.0) -> float:
@@ -107,21 +129,7 @@ def violation(coeffs, ns_steps: int | None = None, *, margin: float = 0.0) -> fl
     """
     coeffs = _as_steps(coeffs, ns_steps).tolist()
     lo_band, hi_band = BAND[0] + margin, BAND[1] - margin
-    excess = 0.0
-    if all(triple == coeffs[0] for triple in coeffs):
-        # One repeated triple: with M = max f on [0, 1], [0, M] must be
-        # invariant (f on [1, M] stays <= M, by ``margin`` when fitting), which
-        # bounds every step count and every intermediate by M.
-        lo, bound = image(coeffs[0], 0.0, 1.0)
-        excess += max(0.0, -lo) + max(0.0, bound - hi_band)
-        if bound > 1.0:
-            lo, hi = image(coeffs[0], 1.0, bound)
-            excess += max(0.0, -lo) + max(0.0, hi - (bound - margin))
-    else:
-        lo, hi = 0.0, 1.0
-        for triple in coeffs:
-            lo, hi = image(triple, lo, hi)
-            excess += max(0.0, -lo) + max(0.0, hi - hi_band)
+    excess = _intermediate_excess(coeffs, hi_band, margin)
     lo, hi = output_range(coeffs, safe_delta(len(coeffs)))
     excess += max(0.0, lo_band - lo) + max(0.0, hi - hi_band)
     return excess
