@@ -1,4 +1,4 @@
-"""abs_quantile: exact order statistics by bisection, against NumPy's sort."""
+"""abs_quantile: exact order statistics by radix selection, against NumPy's sort."""
 
 import re
 
@@ -7,7 +7,33 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from root_optax import abs_quantile
+from root_optax import _quantile, abs_quantile
+from root_optax._quantile import abs_quantile_batched
+
+INT_OF = {"float16": np.int16, "bfloat16": np.int16, "float32": np.int32}
+NUM_BITS = {"float16": 15, "bfloat16": 15, "float32": 31, "float64": 63}
+
+
+def exact_q(k, size):
+    """q with q * (size - 1) exactly k: size - 1 must be a power of two."""
+    assert size == 1 or (size - 1) & (size - 2) == 0, size
+    return k / max(size - 1, 1)
+
+
+def sorted_magnitudes(x):
+    return np.sort(np.abs(np.asarray(x, np.float64)).ravel())
+
+
+def mixed_values(rng, size, dtype):
+    """Normal values with ties, signed zeros, subnormals, inf and huge entries."""
+    x = rng.standard_normal(size)
+    specials = [0.0, -0.0, 1.0, -1.0, np.inf, -np.inf, 1e-40, 1e-44, 3e38]
+    if dtype == "float64":
+        specials += [5e-324, 1e-310, 1e300]
+    picks = rng.random(size) < 0.3
+    x[picks] = rng.choice(specials, picks.sum())
+    with np.errstate(over="ignore"):
+        return np.asarray(jnp.asarray(x, dtype))
 
 
 @pytest.mark.parametrize("q", [0.0, 0.1, 0.5, 0.9, 0.999, 1.0])
@@ -19,17 +45,57 @@ def test_matches_numpy_linear_quantile(rng, q, size):
     np.testing.assert_allclose(got, want, rtol=2e-7, atol=0)
 
 
+@pytest.mark.parametrize("shape", [(3,), (5, 205), (2**18 + 1,), (1, 2**20 + 1)])
+def test_order_statistics_bit_exact_for_every_digit_plan(rng, shape):
+    """Sizes from 4 histogram passes (8-bit digits) down to 2 (16-bit digits)."""
+    x = rng.standard_normal(shape).astype(np.float32)
+    size = x.size
+    want = sorted_magnitudes(x)
+    fn = jax.jit(abs_quantile, static_argnums=1)
+    for k in sorted({0, 1, size // 2, (9 * size) // 10, size - 2, size - 1}):
+        assert float(fn(x, exact_q(k, size))) == want[k]
+    # between two neighbours: both exact, interpolated in float32
+    if size > 1:
+        q = 0.9
+        k = int(np.floor(q * (size - 1)))
+        frac = np.float32(q * (size - 1) - k)
+        lo, hi = np.float32(want[k]), np.float32(want[min(k + 1, size - 1)])
+        assert float(fn(x, q)) == lo + frac * (hi - lo)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+@pytest.mark.parametrize("kind", ["normal", "mixed", "all_equal"])
+def test_order_statistics_in_own_dtype(rng, dtype, kind):
+    if kind == "normal":
+        x = np.asarray(jnp.asarray(rng.standard_normal((41, 25)), dtype))
+    elif kind == "mixed":
+        x = mixed_values(rng, 1025, dtype)
+    else:
+        x = np.asarray(jnp.full((9, 57), -2.5, dtype))
+    want = sorted_magnitudes(x)
+    size = x.size
+    for k in (0, size // 3, size - 2, size - 1):
+        got = abs_quantile(jnp.asarray(x), exact_q(k, size))
+        assert got.dtype == x.dtype
+        assert float(got) == want[k] or (np.isnan(want[k]) and np.isnan(got))
+
+
 def test_ties_and_zeros(rng):
     x = np.round(rng.standard_normal((31, 33)) * 2).astype(np.float32)
     for q in (0.0, 0.25, 0.5, 0.9, 1.0):
         assert float(abs_quantile(x, q)) == pytest.approx(np.quantile(np.abs(x), q))
     assert float(abs_quantile(np.zeros((4, 4), np.float32), 0.9)) == 0.0
+    assert float(abs_quantile(np.array([-0.0, 0.0], np.float32), 0.5)) == 0.0
 
 
 def test_traced_quantile_equals_static(rng):
     x = rng.standard_normal((64, 48)).astype(np.float32)
-    traced = jax.jit(abs_quantile)(x, jnp.float32(0.9))
-    np.testing.assert_allclose(traced, abs_quantile(x, 0.9), rtol=1e-6)
+    fn = jax.jit(abs_quantile)
+    np.testing.assert_allclose(fn(x, jnp.float32(0.9)), abs_quantile(x, 0.9), rtol=1e-6)
+    for q in (0.0, 1.0):
+        assert fn(x, jnp.float32(q)) == abs_quantile(x, q)
+    many = jax.vmap(fn, in_axes=(None, 0))(x, jnp.array([0.0, 0.5, 1.0]))
+    np.testing.assert_allclose(many, np.quantile(np.abs(x), [0.0, 0.5, 1.0]), rtol=1e-6)
 
 
 def test_float64_and_bfloat16(rng, x64):
@@ -43,10 +109,156 @@ def test_float64_and_bfloat16(rng, x64):
     np.testing.assert_allclose(float(abs_quantile(xb, 0.9)), want, rtol=1e-2)
 
 
+def test_float64_order_statistics_bit_exact(rng, x64):
+    x = mixed_values(rng, 4097, "float64")
+    want = sorted_magnitudes(x)
+    for k in (0, 1, 2048, 4095, 4096):
+        got = jax.jit(abs_quantile, static_argnums=1)(jnp.asarray(x), exact_q(k, 4097))
+        assert got.dtype == jnp.float64
+        assert float(got) == want[k] or (np.isnan(want[k]) and np.isnan(got))
+    traced = jax.jit(abs_quantile)(jnp.asarray(x), jnp.float64(0.5))
+    assert float(traced) == pytest.approx(np.quantile(np.abs(x), 0.5), rel=1e-15)
+
+
+def test_subnormals_are_ordered_exactly():
+    """Integer compares on the bit pattern: subnormals are not flushed to zero."""
+    tiny = np.array([1e-45, 3e-45, 1e-42, 1e-40, 1.1754942e-38, 1.1754944e-38])
+    x = np.repeat(tiny.astype(np.float32), [3, 1, 2, 1, 1, 1])
+    want = sorted_magnitudes(x)
+    for k in range(x.size):
+        assert float(abs_quantile(x, exact_q(k, x.size))) == want[k]
+
+
 def test_infinities_and_large_values():
     x = np.array([1e30, -np.inf, 3.0, -2.0, 0.5], np.float32)
     assert float(abs_quantile(x, 1.0)) == np.inf
     assert float(abs_quantile(x, 0.5)) == 3.0
+    # next to inf: exact order statistic stays finite, interpolation gives inf
+    y = np.array([1.0, 2.0, np.inf], np.float32)
+    assert float(abs_quantile(y, 0.5)) == 2.0 == float(jnp.quantile(y, 0.5))
+    assert float(abs_quantile(y, 0.75)) == np.inf == float(jnp.quantile(y, 0.75))
+
+
+def test_nan_counts_as_larger_than_inf():
+    x = np.array([np.nan, 1.0, -np.inf, 2.0, -np.nan], np.float32)
+    got = [float(abs_quantile(x, exact_q(k, 5))) for k in range(5)]
+    assert got[:3] == [1.0, 2.0, np.inf]
+    assert np.isnan(got[3]) and np.isnan(got[4])
+    assert np.isnan(abs_quantile(x, 0.7))  # between inf and NaN
+
+
+@pytest.mark.parametrize(
+    "dtype, real", [("complex64", "float32"), ("complex128", "float64")]
+)
+def test_complex_input_uses_magnitudes(rng, x64, dtype, real):
+    z = (rng.standard_normal(1025) + 1j * rng.standard_normal(1025)).astype(dtype)
+    z[:2] = [3 + 4j, -5j]
+    for q in (0.0, 0.5, 0.9, 1.0):
+        got = jax.jit(abs_quantile, static_argnums=1)(jnp.asarray(z), q)
+        assert got.dtype == real
+        want = np.quantile(np.abs(z).astype(np.float64), q)
+        np.testing.assert_allclose(got, want, rtol=2e-7 if real == "float32" else 1e-15)
+    assert float(abs_quantile(z, exact_q(1023, 1025))) == 5.0  # |3+4j| = |-5j| = 5
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (5, 0), (0,)])
+def test_zero_size_input_gives_zero(shape):
+    for dtype, real in (
+        ("float32", "float32"),
+        ("bfloat16", "bfloat16"),
+        ("complex64", "float32"),
+    ):
+        x = jnp.zeros(shape, dtype)
+        for fn in (abs_quantile, jax.jit(abs_quantile)):
+            got = fn(x, 0.9)
+            assert got.shape == () and got.dtype == real and float(got) == 0.0
+    with pytest.raises(ValueError, match="abs_quantile"):
+        abs_quantile(jnp.zeros(shape), 1.5)
+
+
+def test_rejects_integer_input():
+    with pytest.raises(TypeError, match=r"abs_quantile\(x\).*x.dtype=int32"):
+        abs_quantile(jnp.arange(4), 0.5)
+    with pytest.raises(TypeError, match="abs_quantile"):
+        abs_quantile(jnp.array([True, False]), 0.5)
+
+
+@pytest.mark.parametrize("q", [-0.5, 1.5])
+def test_rejects_static_q_outside_unit_interval(q):
+    with pytest.raises(ValueError, match=rf"abs_quantile\(q=...\).*q={q}"):
+        abs_quantile(jnp.ones(4), q)
+
+
+def test_batched_equals_per_matrix(rng):
+    x = rng.standard_normal((5, 24, 40)).astype(np.float32)
+    x[1] = np.round(x[1])  # ties
+    x[2, 0, 0] = np.inf
+    x[3] = 1.5  # all equal
+    for q in (0.0, 0.37, 0.9, 1.0, jnp.float32(0.9)):
+        got = jax.jit(lambda x, q=q: abs_quantile_batched(x, q))(x)
+        assert got.shape == (5,)
+        per_matrix = jax.jit(jax.vmap(lambda m, q=q: abs_quantile(m, q)))
+        np.testing.assert_array_equal(got, per_matrix(x))
+        one = jax.jit(lambda m, q=q: abs_quantile(m, q))
+        np.testing.assert_array_equal(got, [one(m) for m in x])
+    want = [np.quantile(np.abs(m).astype(np.float64), 0.37) for m in x]
+    np.testing.assert_allclose(abs_quantile_batched(x, 0.37), want, rtol=2e-7)
+
+
+def test_batched_matrices_of_any_rank_and_empty(rng):
+    x = rng.standard_normal((3, 4, 5, 6)).astype(np.float32)
+    want = [np.quantile(np.abs(m).astype(np.float64), 0.5) for m in x]
+    np.testing.assert_allclose(abs_quantile_batched(x, 0.5), want, rtol=2e-7)
+    np.testing.assert_array_equal(
+        abs_quantile_batched(x[:, 0, 0, 0], 0.5), np.abs(x[:, 0, 0, 0])
+    )
+    assert abs_quantile_batched(jnp.zeros((3, 0, 2)), 0.5).tolist() == [0.0] * 3
+    assert abs_quantile_batched(jnp.zeros((0, 4, 4)), 0.5).shape == (0,)
+    with pytest.raises(ValueError, match="abs_quantile_batched"):
+        abs_quantile_batched(jnp.float32(1.0), 0.5)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
+@pytest.mark.parametrize("batched", [False, True])
+def test_counting_and_histogram_selections_agree_with_sort(rng, dtype, batched):
+    """Both selection paths (accelerators: counting, CPU: histograms), run on CPU."""
+    shape = (3, 200) if batched else (700,)  # not exact_q: ranks given directly
+    x = mixed_values(rng, int(np.prod(shape)), dtype).reshape(shape)
+    bits = np.abs(x).view(INT_OF[dtype])
+    want_sorted = np.sort(
+        bits.reshape(-1, shape[-1]) if batched else bits[None], axis=-1
+    )
+    size = shape[-1]
+    for k in (0, 1, size // 2, size - 2, size - 1):
+        ranks = jnp.array([k, min(k + 1, size - 1)], jnp.int32)
+        want = want_sorted[:, [k, min(k + 1, size - 1)]]
+        for select in (_quantile._counting_select, _quantile._histogram_select):
+            fn = jax.jit(select, static_argnums=(2, 3))
+            got = fn(jnp.asarray(bits), ranks, NUM_BITS[dtype], int(batched))
+            np.testing.assert_array_equal(np.asarray(got).reshape(want.shape), want)
+
+
+def test_counting_selection_float64(rng, x64):
+    x = mixed_values(rng, 500, "float64")
+    bits = np.abs(x).view(np.int64)
+    want = np.sort(bits)
+    ranks = jnp.array([250, 251], jnp.int32)
+    for select in (_quantile._counting_select, _quantile._histogram_select):
+        got = jax.jit(select, static_argnums=(2, 3))(jnp.asarray(bits), ranks, 63, 0)
+        np.testing.assert_array_equal(got, want[250:252])
+
+
+def test_digit_plans_cover_every_bit():
+    for num_bits in (15, 31, 63):
+        for width in (4, 8, 11, 16):
+            plan = _quantile._digit_plan(num_bits, width)
+            assert sum(w for _, w in plan) == num_bits
+            assert max(w for _, w in plan) <= width
+            assert [s for s, _ in plan] == sorted((s for s, _ in plan), reverse=True)
+            assert plan[-1][0] == 0
+    assert _quantile._digit_plan(31, 16) == [(15, 16), (0, 15)]
+    assert _quantile._bucket_bits(2048 * 8192) == 16
+    assert _quantile._bucket_bits(1) == 8
 
 
 def test_selection_compiles_without_sort_while_jnp_quantile_sorts():
@@ -58,9 +270,15 @@ def test_selection_compiles_without_sort_while_jnp_quantile_sorts():
     assert not sort_op.search(ours)
 
 
-def test_rejects_integer_input():
-    with pytest.raises(TypeError, match="abs_quantile"):
-        abs_quantile(jnp.arange(4), 0.5)
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_accelerators_count_instead_of_scatter(platform):
+    """On accelerators the selection is compares and reductions only."""
+    x = jnp.ones((256, 512))
+    traced = jax.jit(lambda x: abs_quantile(x, 0.9)).trace(x)
+    text = traced.lower(lowering_platforms=(platform,)).as_text()
+    for op in ("scatter", "gather", "sort", "dynamic_slice"):
+        assert f"stablehlo.{op}" not in text
+    assert text.count("stablehlo.reduce") >= 8 * 15
 
 
 def test_sharded_input_is_reduced_not_gathered(rng):
@@ -76,3 +294,54 @@ def test_sharded_input_is_reduced_not_gathered(rng):
     assert "all-gather" not in hlo
     assert "all-reduce" in hlo
     np.testing.assert_allclose(fn(xs), np.quantile(np.abs(x), 0.9), rtol=1e-6)
+
+
+def mesh_2x4():
+    if len(jax.devices()) < 8:
+        pytest.skip("needs 8 (host) devices; conftest asks XLA for 8")
+    return jax.sharding.Mesh(np.array(jax.devices()[:8]).reshape(2, 4), ("a", "b"))
+
+
+@pytest.mark.parametrize(
+    "spec", [("a", "b"), ("b", "a"), (("a", "b"), None), (None, ("a", "b"))]
+)
+def test_matrix_sharded_over_two_mesh_axes_is_never_gathered(rng, spec):
+    P = jax.sharding.PartitionSpec
+    sharding = jax.sharding.NamedSharding(mesh_2x4(), P(*spec))
+    x = rng.standard_normal((64, 128)).astype(np.float32)
+    xs = jax.device_put(x, sharding)
+    bits = jax.lax.bitcast_convert_type(jnp.abs(xs), jnp.int32)
+    ranks = jnp.array([7000, 7001], jnp.int32)
+    programs = {
+        "abs_quantile": (jax.jit(lambda x: abs_quantile(x, 0.9)), (xs,)),
+        "counting": (
+            jax.jit(_quantile._counting_select, static_argnums=(2, 3)),
+            (bits, ranks, 31, 0),
+        ),
+    }
+    for fn, args in programs.values():
+        hlo = fn.lower(*args).compile().as_text()
+        assert "all-gather" not in hlo
+        assert "all-to-all" not in hlo
+        assert "all-reduce" in hlo
+    np.testing.assert_allclose(
+        programs["abs_quantile"][0](xs), np.quantile(np.abs(x), 0.9), rtol=1e-6
+    )
+    want = np.sort(np.abs(x).view(np.int32).ravel())[7000:7002]
+    np.testing.assert_array_equal(programs["counting"][0](bits, ranks, 31, 0), want)
+
+
+@pytest.mark.parametrize("spec", [(None, "a", "b"), ("a", "b", None)])
+def test_sharded_stack_is_never_gathered(rng, spec):
+    P = jax.sharding.PartitionSpec
+    xs = jax.device_put(
+        rng.standard_normal((4, 64, 128)).astype(np.float32),
+        jax.sharding.NamedSharding(mesh_2x4(), P(*spec)),
+    )
+    want = [np.quantile(np.abs(np.asarray(m)), 0.9) for m in xs]
+    for fn in (
+        jax.jit(lambda x: abs_quantile_batched(x, 0.9)),
+        jax.jit(jax.vmap(lambda m: abs_quantile(m, 0.9))),
+    ):
+        assert "all-gather" not in fn.lower(xs).compile().as_text()
+        np.testing.assert_allclose(fn(xs), want, rtol=1e-6)
