@@ -174,7 +174,7 @@ def check_shardings(params, opt_state, layout_name):
         want,
     )
     assert all(jax.tree.leaves(same)), (got, want)
-    momenta = opt_state.inner_state.inner_states["root"].inner_state[0][0].mu
+    momenta = optax.tree.get(opt_state, "momentum").mu
     for path, mu in jax.tree_util.tree_leaves_with_path(momenta):
         param = params
         for key in path:

@@ -1,12 +1,12 @@
 """AdamW as the ROOT reference code writes it (epsilon before bias correction)."""
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from root_optax import _validation
+from root_optax import _named_chain, _scaling, _validation
 
 
 def _at_least_float32(dtype) -> jnp.dtype:
@@ -82,3 +82,67 @@ def scale_by_adam_reference(
         return new_updates, optax.ScaleByAdamState(count=count, mu=new_mu, nu=new_nu)
 
     return optax.GradientTransformation(init_fn, update_fn)
+
+
+class AdamWConfig(NamedTuple):
+    """The checked AdamW arguments of :func:`root` (scalars may be traced)."""
+
+    b1: jax.typing.ArrayLike
+    b2: jax.typing.ArrayLike
+    eps: jax.typing.ArrayLike
+    nesterov: bool
+    mu_dtype: jnp.dtype | None
+    learning_rate: optax.ScalarOrSchedule
+    weight_decay: jax.typing.ArrayLike
+    weight_decay_mask: Any
+
+
+def adamw_config(
+    fn: str,
+    *,
+    b1,
+    b2,
+    eps,
+    nesterov,
+    mu_dtype,
+    learning_rate,
+    weight_decay,
+    weight_decay_mask,
+) -> AdamWConfig:
+    """Validate :func:`root`'s ``adam_*`` arguments, reported as ``fn(adam_...)``."""
+    _validation.check_bool(fn, "adam_nesterov", nesterov)
+    for name, value in (("adam_b1", b1), ("adam_b2", b2)):
+        _validation.check_unit_interval(fn, name, value, closed_low=True)
+    _validation.check_non_negative(fn, "adam_eps", eps)
+    _validation.check_non_negative(fn, "adam_weight_decay", weight_decay)
+    if not callable(learning_rate):
+        _validation.check_non_negative(fn, "adam_learning_rate", learning_rate)
+    return AdamWConfig(
+        b1, b2, eps, nesterov, mu_dtype, learning_rate, weight_decay, weight_decay_mask
+    )
+
+
+def adamw_branch(fn: str, config: AdamWConfig) -> optax.GradientTransformation:
+    """AdamW in the reference's form: direction, decoupled decay, learning rate.
+
+    A :func:`optax.named_chain` with parts ``"adam"``, ``"decay"``, ``"lr"``.
+    """
+    return _named_chain.named_chain(
+        (
+            "adam",
+            scale_by_adam_reference(
+                config.b1,
+                config.b2,
+                config.eps,
+                mu_dtype=config.mu_dtype,
+                nesterov=config.nesterov,
+            ),
+        ),
+        (
+            "decay",
+            _scaling.decoupled_weight_decay(
+                fn, config.weight_decay, config.weight_decay_mask
+            ),
+        ),
+        ("lr", optax.scale_by_learning_rate(config.learning_rate)),
+    )

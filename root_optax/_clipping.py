@@ -1,9 +1,79 @@
 """Outlier suppression: clip each matrix to a quantile of its own magnitudes."""
 
+from typing import NamedTuple
+
 import jax
+import jax.numpy as jnp
 import optax
 
-from root_optax import _dimension_numbers, _distributed, _validation
+from root_optax import _dimension_numbers, _placement, _quantile, _validation
+
+
+class ClipConfig(NamedTuple):
+    """The checked clip rule: ``eps = threshold``, or ``quantile(|u|) + offset``.
+
+    A pytree: ``quantile`` and ``threshold`` may be traced arrays (from
+    :func:`optax.inject_hyperparams`); exactly one of them is used, the
+    threshold when it is not ``None``.
+    """
+
+    quantile: jax.typing.ArrayLike | None
+    threshold: jax.typing.ArrayLike | None
+    offset: jax.typing.ArrayLike
+
+
+def clip_config(
+    fn: str,
+    quantile,
+    threshold,
+    offset=1e-9,
+    *,
+    names: tuple[str, str] = ("quantile", "threshold"),
+) -> ClipConfig:
+    """Validate :func:`robust_clip`'s arguments, reported as ``fn(name=...)``."""
+    if quantile is None and threshold is None:
+        raise ValueError(
+            f"{fn}() needs {names[0]} or {names[1]}, got {names[0]}=None and "
+            f"{names[1]}=None. To skip clipping, leave robust_clip out of the "
+            "chain (root(clip_quantile=None) does that)."
+        )
+    if quantile is not None:
+        _validation.check_unit_interval(fn, names[0], quantile, closed_low=False)
+    if threshold is not None:
+        _validation.check_non_negative(fn, names[1], threshold)
+    _validation.check_non_negative(fn, "offset", offset)
+    return ClipConfig(quantile, threshold, offset)
+
+
+def thresholds(batch: jax.Array, config: ClipConfig) -> jax.Array:
+    """Each matrix's ``eps`` of a ``(B, m, n)`` batch, shape ``(B,)``, real dtype."""
+    real = jnp.finfo(batch.dtype).dtype
+    if config.threshold is not None:
+        return jnp.broadcast_to(jnp.asarray(config.threshold, real), batch.shape[:1])
+    eps = _quantile.abs_quantile_batched(batch, config.quantile)
+    return (eps + config.offset).astype(real)
+
+
+def clip_batch(batch: jax.Array, config: ClipConfig) -> jax.Array:
+    r"""ROOT's robust base of every matrix of a ``(B, m, n)`` batch.
+
+    .. math::
+      B = U - \mathrm{sign}(U)\max(|U| - \epsilon, 0)
+        = \mathrm{clip}(U, -\epsilon, \epsilon)
+
+    per matrix, with :math:`\epsilon` from :func:`thresholds` (reductions over
+    the matrix only: a sharded matrix is never gathered). Complex entries keep
+    their phase: their magnitude is clipped to :math:`\epsilon`.
+    """
+    if batch.size == 0:
+        return batch
+    eps = thresholds(batch, config)[:, None, None]
+    if not jnp.iscomplexobj(batch):
+        return jnp.clip(batch, -eps.astype(batch.dtype), eps.astype(batch.dtype))
+    magnitude = jnp.abs(batch)
+    over = magnitude > eps
+    shrink = jnp.where(over, eps / jnp.where(over, magnitude, 1), 1)
+    return batch * shrink.astype(magnitude.dtype)
 
 
 def robust_clip(
@@ -25,8 +95,10 @@ def robust_clip(
 
     with :math:`q` = ``quantile`` (linear interpolation over all entries), or
     :math:`\epsilon` = ``threshold`` when given. The quantile is exact and
-    computed by selection, not sorting (see :func:`abs_quantile`). Useful on its
-    own too, e.g. ``optax.chain(robust_clip(), optax.adamw(1e-3))``.
+    computed by selection, not sorting (see :func:`abs_quantile`); the
+    matrices of one shape are clipped as one batch. Complex entries keep their
+    phase (the magnitude is clipped). Useful on its own too, e.g.
+    ``optax.chain(robust_clip(), optax.adamw(1e-3))``.
 
     Args:
       quantile: :math:`q` in ``(0, 1]``; may be a traced array. Ignored when
@@ -51,43 +123,19 @@ def robust_clip(
       >>> u.tolist()
       [[0.5, -1.0], [1.0, 0.10000000149011612]]
     """
-    check_args("robust_clip", quantile, threshold, offset)
-    return clip_transform(
-        "robust_clip", quantile, threshold, offset, weight_dimension_numbers
-    )
+    fn = "robust_clip"
+    config = clip_config(fn, quantile, threshold, offset)
+    kernel = lambda batch, shape, config: clip_batch(batch, config)
 
+    def init_fn(params):
+        _dimension_numbers.check_fits(params, weight_dimension_numbers, fn)
+        return optax.EmptyState()
 
-def check_args(
-    fn: str,
-    quantile,
-    threshold,
-    offset=1e-9,
-    *,
-    names: tuple[str, str] = ("quantile", "threshold"),
-) -> None:
-    """Validate :func:`robust_clip`'s arguments, reported as ``fn(name=...)``."""
-    if quantile is None and threshold is None:
-        raise ValueError(
-            f"{fn}() needs {names[0]} or {names[1]}, got {names[0]}=None and "
-            f"{names[1]}=None. To skip clipping, leave robust_clip out of the "
-            "chain (root(clip_quantile=None) does that)."
+    def update_fn(updates, state, params=None):
+        del params
+        updates = _placement.map_matrix_batches(
+            fn, kernel, updates, weight_dimension_numbers, dynamic=config
         )
-    if quantile is not None:
-        _validation.check_unit_interval(fn, names[0], quantile, closed_low=False)
-    if threshold is not None:
-        _validation.check_non_negative(fn, names[1], threshold)
-    _validation.check_non_negative(fn, "offset", offset)
+        return updates, state
 
-
-def clip_transform(
-    fn: str, quantile, threshold, offset, weight_dimension_numbers
-) -> optax.GradientTransformation:
-    """:func:`robust_clip` without argument checks; errors name ``fn``.
-
-    Each matrix's threshold is computed by reductions over its own axes, so a
-    sharded matrix is never gathered, and leaves sharded over explicit mesh
-    axes keep their shardings (see :mod:`root_optax._distributed`).
-    """
-    return _distributed.clip_transform(
-        fn, quantile, threshold, offset, weight_dimension_numbers
-    )
+    return optax.GradientTransformation(init_fn, update_fn)

@@ -2,7 +2,9 @@
 
 ``coefficient_table.json`` (next to this module) holds one triple per
 Newton–Schulz iteration for every ``(min, max)`` shape of :func:`grid_shapes`
-and every step count of :data:`SUPPORTED_STEPS`. Off-grid shapes interpolate
+and every step count of :data:`SUPPORTED_STEPS`, fitted for the reference's
+Frobenius normalization; ``coefficient_table_schatten4.json`` the same for the
+Schatten-4 normalization (``ns_normalization="schatten4"``). Off-grid shapes interpolate
 the four surrounding entries in log scale, re-checked exactly for safety.
 
 Core layer: reads the JSON and checks with :mod:`root_optax._coefficient_safety`;
@@ -22,6 +24,12 @@ import numpy as np
 from root_optax import _coefficient_safety
 
 TABLE_FILE = Path(__file__).with_name("coefficient_table.json")
+
+TABLE_FILES = {
+    "frobenius": TABLE_FILE,
+    "schatten4": Path(__file__).with_name("coefficient_table_schatten4.json"),
+}
+"""The table for each normalization of Newton–Schulz's input."""
 
 SUPPORTED_STEPS = (3, 4, 5, 6)
 """Step counts the shipped table covers (others are fitted on demand)."""
@@ -46,11 +54,13 @@ def grid_shapes() -> list[tuple[int, int]]:
     return sorted(pairs | set(EXTRA_SHAPES))
 
 
-@functools.lru_cache(maxsize=1)
-def load() -> dict[int, dict[tuple[int, int], tuple[float, ...]]]:
-    """``{ns_steps: {(min, max): (a1, b1, c1, a2, ...)}}`` from :data:`TABLE_FILE`
-    (one triple per iteration, flattened)."""
-    data = json.loads(TABLE_FILE.read_text())
+@functools.lru_cache(maxsize=2)
+def load(
+    normalization: str = "frobenius",
+) -> dict[int, dict[tuple[int, int], tuple[float, ...]]]:
+    """``{ns_steps: {(min, max): (a1, b1, c1, a2, ...)}}`` from the table of
+    ``normalization`` (one triple per iteration, flattened)."""
+    data = json.loads(TABLE_FILES[normalization].read_text())
     return {
         int(steps): {(row[0], row[1]): tuple(row[2:]) for row in rows}
         for steps, rows in data["entries"].items()
@@ -69,9 +79,11 @@ def _bracket(value: float) -> tuple[int, int, float]:
 
 
 @functools.lru_cache(maxsize=4096)
-def _entry(shape: tuple[int, int], ns_steps: int) -> tuple[float, ...]:
+def _entry(
+    shape: tuple[int, int], ns_steps: int, normalization: str
+) -> tuple[float, ...]:
     """The table entry of ``shape``, or the safe blend of its grid neighbours."""
-    table = load()[ns_steps]
+    table = load(normalization)[ns_steps]
     if shape in table:
         return table[shape]
     m, n = shape
@@ -89,13 +101,16 @@ def _entry(shape: tuple[int, int], ns_steps: int) -> tuple[float, ...]:
     return max(corners, key=lambda wc: wc[0])[1]
 
 
-def lookup(shape: Iterable[int], ns_steps: int = 5) -> np.ndarray:
+def lookup(
+    shape: Iterable[int], ns_steps: int = 5, normalization: str = "frobenius"
+) -> np.ndarray:
     """Coefficients ``(ns_steps, 3)`` of the shipped table for ``shape``.
 
     A shape in the table (:func:`grid_shapes`) gets its entry; any other shape
     gets the bilinear interpolation, in log(min) x log(max), of the four
     surrounding grid entries (dimensions outside 8..16384 are clamped to it),
     unless that blend fails the safety check, then the nearest grid entry.
+    ``normalization`` (``"frobenius"`` or ``"schatten4"``) picks the table.
 
     Raises:
       ValueError: if ``ns_steps`` is not in :data:`SUPPORTED_STEPS`.
@@ -108,4 +123,4 @@ def lookup(shape: Iterable[int], ns_steps: int = 5) -> np.ndarray:
         )
     dims = [int(d) for d in shape]
     key = (min(dims), max(dims))
-    return np.asarray(_entry(key, ns_steps)).reshape(ns_steps, 3)
+    return np.asarray(_entry(key, ns_steps, normalization)).reshape(ns_steps, 3)

@@ -106,7 +106,7 @@ def check_spec(fn: str, ns_coeffs: CoefficientSpec, ns_steps: int) -> None:
         _as_steps(fn, ns_coeffs, ns_steps, "")
 
 
-def _preset(fn: str, name: str, key: tuple[int, int], ns_steps: int):
+def _preset(fn: str, name: str, key: tuple[int, int], ns_steps: int, normalization):
     """The coefficients of preset ``name`` for the ``(min, max)`` shape ``key``."""
     _check_preset(fn, name, ns_steps)
     if name == "muon":
@@ -114,7 +114,7 @@ def _preset(fn: str, name: str, key: tuple[int, int], ns_steps: int):
     if name == "root":
         # Fitted per shape and step count, safe by construction; off-grid
         # shapes interpolate, see root_optax._coefficient_table.lookup.
-        return _coefficient_table.lookup(key, ns_steps)
+        return _coefficient_table.lookup(key, ns_steps, normalization)
     value = REFERENCE_TABLE.get(key)
     if value is None:
         warnings.warn(
@@ -127,12 +127,20 @@ def _preset(fn: str, name: str, key: tuple[int, int], ns_steps: int):
 
 
 def coefficients_for_shape(
-    fn: str, ns_coeffs: CoefficientSpec, shape: tuple[int, int], ns_steps: int
+    fn: str,
+    ns_coeffs: CoefficientSpec,
+    shape: tuple[int, int],
+    ns_steps: int,
+    normalization: str = "frobenius",
 ) -> np.ndarray:
-    """Per-iteration coefficients ``(ns_steps, 3)`` for a matrix of ``shape``."""
+    """Per-iteration coefficients ``(ns_steps, 3)`` for a matrix of ``shape``.
+
+    The ``"root"`` preset's table depends on ``normalization``; every other
+    spec gives the same coefficients for both.
+    """
     key = (min(shape), max(shape))
     if isinstance(ns_coeffs, str):
-        value = _preset(fn, ns_coeffs, key, ns_steps)
+        value = _preset(fn, ns_coeffs, key, ns_steps, normalization)
     elif isinstance(ns_coeffs, Mapping):
         if key not in ns_coeffs:
             raise ValueError(

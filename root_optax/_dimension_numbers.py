@@ -107,6 +107,10 @@ def map_matrices(
     :class:`optax.MaskedNode` leaves are returned unchanged. Errors name
     ``caller``.
     """
+    if not jax.tree.leaves(tree):
+        # Nothing to map (e.g. optax.tree.map_params initialises with a
+        # leafless placeholder instead of the params): no spec to check.
+        return tree
     specs = resolve(dimension_numbers, tree)
     if specs is None:
         specs = LAST_TWO_AXES

@@ -9,6 +9,14 @@ import optax
 from root_optax import _validation
 
 
+class MomentumConfig(NamedTuple):
+    """The checked arguments of :func:`momentum` (``beta`` may be traced)."""
+
+    beta: jax.typing.ArrayLike
+    nesterov: bool
+    mu_dtype: jnp.dtype | None
+
+
 class MomentumState(NamedTuple):
     """State of :func:`momentum`: the buffer ``mu``, mirroring the params tree."""
 
@@ -50,19 +58,22 @@ def momentum(
     >>> u.tolist()  # g + beta * (beta * 0 + g)
     [1.5, 1.5]
   """
-    mu_dtype = check_args("momentum", beta, nesterov, mu_dtype)
-    return momentum_transform(beta, nesterov, mu_dtype)
+    return momentum_transform(momentum_config("momentum", beta, nesterov, mu_dtype))
 
 
-def check_args(fn: str, beta, nesterov, mu_dtype):
-    """Validate :func:`momentum`'s arguments for ``fn``; returns ``mu_dtype``."""
+def momentum_config(fn: str, beta, nesterov, mu_dtype) -> MomentumConfig:
+    """Validate :func:`momentum`'s arguments, reported as ``fn(name=...)``."""
     _validation.check_unit_interval(fn, "beta", beta, closed_low=True)
     _validation.check_bool(fn, "nesterov", nesterov)
-    return _validation.check_float_dtype(fn, "mu_dtype", mu_dtype, allow_complex=True)
+    mu_dtype = _validation.check_float_dtype(
+        fn, "mu_dtype", mu_dtype, allow_complex=True
+    )
+    return MomentumConfig(beta, nesterov, mu_dtype)
 
 
-def momentum_transform(beta, nesterov: bool, mu_dtype) -> optax.GradientTransformation:
-    """:func:`momentum` without argument checks."""
+def momentum_transform(config: MomentumConfig) -> optax.GradientTransformation:
+    """:func:`momentum` from a checked config."""
+    beta, nesterov, mu_dtype = config
 
     def init_fn(params):
         return MomentumState(mu=optax.tree.zeros_like(params, dtype=mu_dtype))

@@ -71,30 +71,36 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
             last_finite=jnp.asarray(True),
         )
 
+    inner_update = optax.with_extra_args_support(inner).update
+
     def update_fn(updates, state, params=None, **extra_args):
-        finite = _all_finite(updates)
-        # Zero the bad gradients before the inner step so no NaN is ever computed
-        # into a value that a `where` selects later (keeps gradients of this
-        # function and debug_nans quiet too).
-        safe_updates = jax.tree.map(
-            lambda g: jnp.where(finite, g, jnp.zeros_like(g)), updates
-        )
-        new_updates, new_inner = optax.with_extra_args_support(inner).update(
-            safe_updates, state.inner_state, params, **extra_args
-        )
-        # Finite gradients can still give a non-finite step (an overflow inside
-        # the inner transformation): that step is skipped too.
-        finite = finite & _all_finite(new_updates)
-        keep = lambda new, old: jnp.where(finite, new, old)
-        return (
-            jax.tree.map(
-                lambda u: jnp.where(finite, u, jnp.zeros_like(u)), new_updates
-            ),
-            SkipNonfiniteState(
-                inner_state=jax.tree.map(keep, new_inner, state.inner_state),
-                skipped=state.skipped + (~finite).astype(jnp.int32),
-                last_finite=finite,
-            ),
+        # The step runs under lax.cond: a skipped step computes nothing (no NaN
+        # is ever computed into a value, which keeps debug_nans quiet), and no
+        # select over every state leaf is needed.
+        out_types = jax.eval_shape(
+            inner_update, updates, state.inner_state, params, **extra_args
+        )[0]
+
+        def skip():
+            zeros = jax.tree.map(
+                lambda t, g: jnp.zeros_like(g, dtype=t.dtype), out_types, updates
+            )
+            return zeros, state.inner_state, jnp.asarray(False)
+
+        def step():
+            new_updates, new_inner = inner_update(
+                updates, state.inner_state, params, **extra_args
+            )
+            # Finite gradients can still give a non-finite step (an overflow
+            # inside the inner transformation): that step is skipped too.
+            ok = _all_finite(new_updates)
+            return jax.lax.cond(ok, lambda: (new_updates, new_inner, ok), skip)
+
+        new_updates, new_inner, applied = jax.lax.cond(_all_finite(updates), step, skip)
+        return new_updates, SkipNonfiniteState(
+            inner_state=new_inner,
+            skipped=state.skipped + (~applied).astype(jnp.int32),
+            last_finite=applied,
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

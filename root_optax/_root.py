@@ -1,7 +1,7 @@
 """ROOT as a chain of the building blocks, and the full optimizer with AdamW routing."""
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import optax
@@ -12,14 +12,103 @@ from root_optax import (
     _clipping,
     _coefficients,
     _dimension_numbers,
-    _distributed,
     _momentum,
+    _named_chain,
     _newton_schulz,
     _nonfinite,
+    _placement,
     _routing,
     _scaling,
     _validation,
 )
+
+
+class DirectionConfig(NamedTuple):
+    """The checked arguments of ROOT's direction (:func:`scale_by_root`)."""
+
+    momentum: _momentum.MomentumConfig
+    clip: _clipping.ClipConfig | None
+    newton_schulz: _newton_schulz.NewtonSchulzConfig
+    distributed: _placement.Distributed
+
+
+def direction_config(
+    fn: str,
+    *,
+    beta,
+    nesterov,
+    mu_dtype,
+    clip_quantile,
+    clip_threshold,
+    ns_coeffs,
+    ns_steps,
+    ns_eps,
+    ns_dtype,
+    ns_precision,
+    ns_normalization,
+    ns_gram,
+    distributed,
+) -> DirectionConfig:
+    """Validate :func:`scale_by_root`'s arguments, reported as ``fn(name=...)``."""
+    clip = None
+    if clip_quantile is not None or clip_threshold is not None:
+        clip = _clipping.clip_config(
+            fn, clip_quantile, clip_threshold, names=("clip_quantile", "clip_threshold")
+        )
+    return DirectionConfig(
+        momentum=_momentum.momentum_config(fn, beta, nesterov, mu_dtype),
+        clip=clip,
+        newton_schulz=_newton_schulz.ns_config(
+            fn,
+            ns_coeffs,
+            ns_steps,
+            ns_eps,
+            ns_dtype,
+            ns_precision,
+            ns_normalization,
+            ns_gram,
+            eps_name="ns_eps",
+        ),
+        distributed=_placement.check_distributed(fn, distributed),
+    )
+
+
+def _direction_kernel(fn: str, config: DirectionConfig) -> _placement.Kernel:
+    """Clip (if configured), then Newton–Schulz, on one batch of matrices."""
+    coefficients = config.newton_schulz.coefficients
+
+    def kernel(batch, shape, dynamic):
+        clip, newton_schulz = dynamic
+        if clip is not None:
+            batch = _clipping.clip_batch(batch, clip)
+        return _newton_schulz.newton_schulz_batch(
+            batch, coefficients(fn, shape), newton_schulz
+        )
+
+    return kernel
+
+
+def direction(
+    fn: str, config: DirectionConfig, weight_dimension_numbers
+) -> optax.GradientTransformation:
+    """Momentum, then clip and Newton–Schulz fused over batches of matrices.
+
+    A :func:`optax.named_chain` of ``"momentum"`` (:class:`MomentumState`) and
+    ``"orthogonalize"`` (stateless): the clip and the iteration share one pass
+    of :func:`root_optax._placement.map_matrix_batches`, in both placements.
+    """
+    orthogonalize = _newton_schulz.matrix_transform(
+        fn,
+        _direction_kernel(fn, config),
+        (config.clip, config.newton_schulz),
+        weight_dimension_numbers,
+        config.distributed,
+        coefficients=config.newton_schulz,
+    )
+    return _named_chain.named_chain(
+        ("momentum", _momentum.momentum_transform(config.momentum)),
+        ("orthogonalize", orthogonalize),
+    )
 
 
 def scale_by_root(
@@ -33,8 +122,11 @@ def scale_by_root(
     ns_steps: int | None = None,
     ns_eps: float = 1e-7,
     ns_dtype: jax.typing.DTypeLike | None = None,
+    ns_precision: _newton_schulz.PrecisionLike = None,
+    ns_normalization: _newton_schulz.Normalization = "frobenius",
+    ns_gram: bool = False,
     weight_dimension_numbers: _dimension_numbers.WeightDimensionNumbers = None,
-    distributed: _distributed.Distributed = False,
+    distributed: _placement.Distributed = False,
 ) -> optax.GradientTransformation:
     r"""ROOT's direction: momentum, then robust clipping, then AdaNewton.
 
@@ -43,11 +135,13 @@ def scale_by_root(
       B_t = \mathrm{clip}(U_t, \pm\epsilon_t), \quad
       \Delta_t = \mathrm{NS}^{(m, n)}_K(B_t),
 
-    i.e. ``optax.chain(momentum(beta, ...), robust_clip(clip_quantile,
-    clip_threshold), adaptive_newton_schulz(ns_coeffs, ns_steps))``. With
-    ``clip_quantile=None`` and no ``clip_threshold`` the clip is left out (the
-    paper's plain AdaNewton form); with ``ns_coeffs="muon"`` and no clip this is
-    Muon's direction with the reference's undampened momentum.
+    the same as ``optax.chain(momentum(beta, ...), robust_clip(clip_quantile,
+    clip_threshold), adaptive_newton_schulz(ns_coeffs, ns_steps))``, with the
+    clip and the iteration fused: the matrices of one shape are clipped and
+    orthogonalized as one batch in one pass. With ``clip_quantile=None`` and no
+    ``clip_threshold`` the clip is left out (the paper's plain AdaNewton form);
+    with ``ns_coeffs="muon"`` and no clip this is Muon's direction with the
+    reference's undampened momentum.
 
     Args:
       beta: momentum coefficient, see :func:`momentum`.
@@ -60,15 +154,20 @@ def scale_by_root(
       ns_steps: see :func:`adaptive_newton_schulz`.
       ns_eps: Frobenius-norm epsilon of :func:`adaptive_newton_schulz`.
       ns_dtype: Newton–Schulz compute dtype, see :func:`orthogonalize`.
+      ns_precision: precision of the Newton–Schulz products, see
+        :func:`orthogonalize`.
+      ns_normalization: ``"frobenius"`` or ``"schatten4"``, see
+        :func:`orthogonalize`.
+      ns_gram: the Gram form for rectangular matrices, see :func:`orthogonalize`.
       weight_dimension_numbers: see :func:`adaptive_newton_schulz`.
       distributed: ``False``, ``True`` or a :class:`jax.sharding.Mesh`: give
         every device whole matrices to clip and orthogonalize, see
-        :func:`adaptive_newton_schulz`. The clip then runs on the device that
-        owns the matrix, in the same ``distributed`` block (its threshold is
-        device-local); results and state structure equal the default mode's.
+        :func:`adaptive_newton_schulz` (the clip runs on the device that owns
+        the matrix); results and state structure equal the default mode's.
 
     Returns:
-      An :class:`optax.GradientTransformation` (an :func:`optax.chain`).
+      An :class:`optax.GradientTransformation`: an :func:`optax.named_chain` of
+      ``"momentum"`` (state :class:`MomentumState`) and ``"orthogonalize"``.
 
     Examples:
       >>> import jax.numpy as jnp, root_optax
@@ -77,8 +176,9 @@ def scale_by_root(
       >>> u["w"].shape
       (4, 8)
     """
-    direction = _direction_args(
-        "scale_by_root",
+    fn = "scale_by_root"
+    config = direction_config(
+        fn,
         beta=beta,
         nesterov=nesterov,
         mu_dtype=mu_dtype,
@@ -88,79 +188,12 @@ def scale_by_root(
         ns_steps=ns_steps,
         ns_eps=ns_eps,
         ns_dtype=ns_dtype,
+        ns_precision=ns_precision,
+        ns_normalization=ns_normalization,
+        ns_gram=ns_gram,
         distributed=distributed,
     )
-    return _direction("scale_by_root", weight_dimension_numbers, **direction)
-
-
-def _direction_args(fn: str, **args) -> dict[str, Any]:
-    """Validate :func:`scale_by_root`'s keyword arguments under ``fn``'s names;
-    returns them with ``mu_dtype``, ``ns_steps`` and ``ns_dtype`` canonical."""
-    args["mu_dtype"] = _momentum.check_args(
-        fn, args["beta"], args["nesterov"], args["mu_dtype"]
-    )
-    if args["clip_quantile"] is not None or args["clip_threshold"] is not None:
-        _clipping.check_args(
-            fn,
-            args["clip_quantile"],
-            args["clip_threshold"],
-            names=("clip_quantile", "clip_threshold"),
-        )
-    args["ns_steps"], args["ns_dtype"] = _newton_schulz.check_args(
-        fn,
-        args["ns_coeffs"],
-        args["ns_steps"],
-        args["ns_eps"],
-        args["ns_dtype"],
-        eps_name="ns_eps",
-    )
-    args["distributed"] = _distributed.check_distributed(fn, args["distributed"])
-    return args
-
-
-def _direction(
-    fn: str,
-    weight_dimension_numbers,
-    *,
-    beta,
-    nesterov,
-    mu_dtype,
-    clip_quantile,
-    clip_threshold,
-    ns_coeffs,
-    ns_steps,
-    ns_eps,
-    ns_dtype,
-    distributed,
-) -> optax.GradientTransformation:
-    """momentum -> robust clip -> AdaNewton, with validated arguments.
-
-    Distributed, the clip runs inside AdaNewton's distributed block, on each
-    matrix's owner; ``optax.identity()`` keeps its place (and ``EmptyState``) in
-    the chain, so both modes have the same state structure.
-    """
-    clip = None
-    if clip_quantile is not None or clip_threshold is not None:
-        clip = (clip_quantile, clip_threshold, 1e-9)
-    steps = [_momentum.momentum_transform(beta, nesterov, mu_dtype)]
-    if clip is not None and distributed is False:
-        # The sharding-safe twin of _clipping.clip_transform (same rule).
-        steps.append(_distributed.clip_transform(fn, *clip, weight_dimension_numbers))
-    elif clip is not None:
-        steps.append(optax.identity())
-    steps.append(
-        _newton_schulz.newton_schulz_transform(
-            fn,
-            ns_coeffs,
-            ns_steps,
-            ns_eps,
-            ns_dtype,
-            weight_dimension_numbers,
-            distributed=distributed,
-            clip=None if distributed is False else clip,
-        )
-    )
-    return optax.chain(*steps)
+    return direction(fn, config, weight_dimension_numbers)
 
 
 def root(
@@ -186,8 +219,11 @@ def root(
     rms: jax.typing.ArrayLike = 0.2,
     ns_eps: float = 1e-7,
     ns_dtype: jax.typing.DTypeLike | None = None,
+    ns_precision: _newton_schulz.PrecisionLike = None,
+    ns_normalization: _newton_schulz.Normalization = "frobenius",
+    ns_gram: bool = False,
     skip_nonfinite: bool = True,
-    distributed: _distributed.Distributed = False,
+    distributed: _placement.Distributed = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""ROOT, the Robust Orthogonalized Optimizer, with AdamW for non-matrices.
 
@@ -245,6 +281,14 @@ def root(
     rms: the RMS factor of ``shape_scale="rms"``.
     ns_eps: Frobenius-norm epsilon of Newton–Schulz.
     ns_dtype: Newton–Schulz compute dtype, see :func:`orthogonalize`.
+    ns_precision: precision of the Newton–Schulz products: ``None`` (the
+      backend's default, as in :func:`optax.contrib.muon`) or ``"highest"``
+      for full float32 products on TPU/GPU, see :func:`orthogonalize`.
+    ns_normalization: ``"frobenius"`` (the reference) or ``"schatten4"``, see
+      :func:`orthogonalize`. With ``ns_steps=4`` and ``ns_gram=True`` this is
+      the fast configuration (README, "Speed").
+    ns_gram: the Gram form of Newton–Schulz for rectangular matrices, see
+      :func:`orthogonalize`.
     skip_nonfinite: skip steps with NaN/Inf gradients, see
       :func:`skip_nonfinite`.
     distributed: ``False`` (default), ``True`` (the mesh set with
@@ -279,9 +323,8 @@ def root(
     <https://arxiv.org/abs/2502.16982>`_, 2025
   """
     fn = "root"
-    _validation.check_bool(fn, "adam_nesterov", adam_nesterov)
     _validation.check_bool(fn, "skip_nonfinite", skip_nonfinite)
-    direction = _direction_args(
+    config = direction_config(
         fn,
         beta=beta,
         nesterov=nesterov,
@@ -292,21 +335,51 @@ def root(
         ns_steps=ns_steps,
         ns_eps=ns_eps,
         ns_dtype=ns_dtype,
+        ns_precision=ns_precision,
+        ns_normalization=ns_normalization,
+        ns_gram=ns_gram,
         distributed=distributed,
     )
-    mu_dtype = direction["mu_dtype"]
-    _scaling.check_args(fn, learning_rate, shape_scale, rms, weight_decay)
-    for name, value in (("adam_b1", adam_b1), ("adam_b2", adam_b2)):
-        _validation.check_unit_interval(fn, name, value, closed_low=True)
-    _validation.check_non_negative(fn, "adam_eps", adam_eps)
-    if adam_weight_decay is None:
-        adam_weight_decay = weight_decay
+    scale = _scaling.scale_config(
+        fn, learning_rate, shape_scale, rms, weight_decay, weight_decay_mask
+    )
+    adamw = _adamw.adamw_config(
+        fn,
+        b1=adam_b1,
+        b2=adam_b2,
+        eps=adam_eps,
+        nesterov=adam_nesterov,
+        mu_dtype=config.momentum.mu_dtype,
+        learning_rate=learning_rate
+        if adam_learning_rate is None
+        else adam_learning_rate,
+        weight_decay=weight_decay if adam_weight_decay is None else adam_weight_decay,
+        weight_decay_mask=weight_decay_mask,
+    )
+    _check_not_empty(fn, weight_dimension_numbers)
+    # Default routing sends exactly the 2-D leaves to the matrix branch.
+    matrix_dims = weight_dimension_numbers
+    if matrix_dims is None:
+        matrix_dims = MuonDimensionNumbers()
+    matrix_branch = _named_chain.named_chain(
+        ("direction", direction(fn, config, matrix_dims)),
+        ("scale", _scaling.lr_transform(fn, scale, matrix_dims)),
+    )
+    tx = optax.partition(
+        {"root": matrix_branch, "adamw": _adamw.adamw_branch(fn, adamw)},
+        lambda params: _routing.labels(weight_dimension_numbers, params),
+    )
+    if skip_nonfinite:
+        tx = _nonfinite.skip_nonfinite(tx)
     else:
-        _validation.check_non_negative(fn, "adam_weight_decay", adam_weight_decay)
-    if adam_learning_rate is None:
-        adam_learning_rate = learning_rate
-    elif not callable(adam_learning_rate):
-        _validation.check_non_negative(fn, "adam_learning_rate", adam_learning_rate)
+        tx = optax.with_extra_args_support(tx)
+    if weight_dimension_numbers is None:
+        tx = _warning_at_init(tx, fn)
+    return tx
+
+
+def _check_not_empty(fn: str, weight_dimension_numbers) -> None:
+    """An empty dimension-numbers tree would silently route nothing to ROOT."""
     if (
         weight_dimension_numbers is not None
         and not callable(weight_dimension_numbers)
@@ -320,43 +393,6 @@ def root(
             f"weight_dimension_numbers={weight_dimension_numbers!r}; pass None for "
             "the default routing."
         )
-
-    # Default routing sends exactly the 2-D leaves here.
-    matrix_dims = (
-        MuonDimensionNumbers()
-        if weight_dimension_numbers is None
-        else weight_dimension_numbers
-    )
-    matrix_branch = optax.chain(
-        _direction(fn, matrix_dims, **direction),
-        _scaling.lr_transform(
-            fn,
-            learning_rate,
-            shape_scale,
-            rms,
-            weight_decay,
-            weight_decay_mask,
-            matrix_dims,
-        ),
-    )
-    adamw_branch = optax.chain(
-        _adamw.scale_by_adam_reference(
-            adam_b1, adam_b2, adam_eps, mu_dtype=mu_dtype, nesterov=adam_nesterov
-        ),
-        _scaling.decoupled_weight_decay(fn, adam_weight_decay, weight_decay_mask),
-        optax.scale_by_learning_rate(adam_learning_rate),
-    )
-    tx = optax.partition(
-        {"root": matrix_branch, "adamw": adamw_branch},
-        lambda params: _routing.labels(weight_dimension_numbers, params),
-    )
-    if skip_nonfinite:
-        tx = _nonfinite.skip_nonfinite(tx)
-    else:
-        tx = optax.with_extra_args_support(tx)
-    if weight_dimension_numbers is None:
-        tx = _warning_at_init(tx, fn)
-    return tx
 
 
 def _warning_at_init(

@@ -191,7 +191,8 @@ def labels(weight_dimension_numbers, params) -> Any:
 
     With ``weight_dimension_numbers=None`` exactly the 2-D leaves are matrices.
     """
-    if weight_dimension_numbers is None:
+    if weight_dimension_numbers is None or not jax.tree.leaves(params):
+        # (A leafless tree is optax.tree.map_params' placeholder.)
         return jax.tree.map(lambda x: "root" if np.ndim(x) == 2 else "adamw", params)
     # Raises (naming root) if a spec does not fit its leaf, e.g. a bias sent to
     # the matrix path, before any state is built.

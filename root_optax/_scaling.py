@@ -2,7 +2,7 @@
 
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import jax
 import optax
@@ -68,21 +68,26 @@ def scale_by_lr(
     >>> u.tolist()
     [[-0.5, -0.5], [-0.5, -0.5]]
   """
-    check_args("scale_by_lr", learning_rate, shape_scale, rms, weight_decay)
-    return lr_transform(
-        "scale_by_lr",
-        learning_rate,
-        shape_scale,
-        rms,
-        weight_decay,
-        weight_decay_mask,
-        weight_dimension_numbers,
+    fn = "scale_by_lr"
+    config = scale_config(
+        fn, learning_rate, shape_scale, rms, weight_decay, weight_decay_mask
     )
+    return lr_transform(fn, config, weight_dimension_numbers)
 
 
-def check_args(
-    fn: str, learning_rate, shape_scale, rms, weight_decay, *, check_lr: bool = True
-) -> None:
+class ScaleConfig(NamedTuple):
+    """The checked arguments of :func:`scale_by_lr` (scalars may be traced)."""
+
+    learning_rate: optax.ScalarOrSchedule
+    shape_scale: ShapeScale
+    rms: jax.typing.ArrayLike
+    weight_decay: jax.typing.ArrayLike
+    weight_decay_mask: Any
+
+
+def scale_config(
+    fn: str, learning_rate, shape_scale, rms, weight_decay, weight_decay_mask
+) -> ScaleConfig:
     """Validate :func:`scale_by_lr`'s arguments, reported as ``fn(name=...)``."""
     if shape_scale not in ("rms", "muon", None):
         raise ValueError(
@@ -91,20 +96,16 @@ def check_args(
         )
     _validation.check_non_negative(fn, "rms", rms)
     _validation.check_non_negative(fn, "weight_decay", weight_decay)
-    if check_lr and not callable(learning_rate):
+    if not callable(learning_rate):
         _validation.check_non_negative(fn, "learning_rate", learning_rate)
+    return ScaleConfig(learning_rate, shape_scale, rms, weight_decay, weight_decay_mask)
 
 
 def lr_transform(
-    fn: str,
-    learning_rate,
-    shape_scale,
-    rms,
-    weight_decay,
-    weight_decay_mask,
-    weight_dimension_numbers,
+    fn: str, config: ScaleConfig, weight_dimension_numbers
 ) -> optax.GradientTransformation:
-    """:func:`scale_by_lr` without argument checks; errors name ``fn``."""
+    """:func:`scale_by_lr` from a checked config; errors name ``fn``."""
+    shape_scale, rms = config.shape_scale, config.rms
 
     def scale_leaf(u, view):
         factor = _shape_factor(view.fan_in, view.fan_out, shape_scale, rms)
@@ -125,8 +126,8 @@ def lr_transform(
 
     return optax.chain(
         optax.GradientTransformation(shape_init_fn, shape_update_fn),
-        decoupled_weight_decay(fn, weight_decay, weight_decay_mask),
-        optax.scale_by_learning_rate(learning_rate),
+        decoupled_weight_decay(fn, config.weight_decay, config.weight_decay_mask),
+        optax.scale_by_learning_rate(config.learning_rate),
     )
 
 

@@ -152,9 +152,9 @@ def test_restored_state_keeps_root_state_types(saved):
     matrix, adamw = partition.inner_states["root"], partition.inner_states["adamw"]
     assert isinstance(matrix, optax.MaskedState)
     assert isinstance(adamw, optax.MaskedState)
-    momentum = matrix.inner_state[0][0]
+    momentum = matrix.inner_state["direction"]["momentum"]
     assert isinstance(momentum, root_optax.MomentumState)
-    adam = adamw.inner_state[0]
+    adam = adamw.inner_state["adam"]
     assert isinstance(adam, optax.ScaleByAdamState)
     # Each branch holds exactly its own leaves; the others are MaskedNodes.
     masked = lambda x: isinstance(x, optax.MaskedNode)

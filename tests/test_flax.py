@@ -41,16 +41,16 @@ def _routes(opt_state):
     """{name: 'root' | 'adamw'} read off root()'s optimizer state.
 
     root()'s state is ``SkipNonfiniteState(PartitionState({'root':
-    MaskedState(((MomentumState(mu), ...), ...)), 'adamw': MaskedState(
-    (ScaleByAdamState, ...))}))``; each branch has ``optax.MaskedNode`` where a
-    leaf belongs to the other one.
+    MaskedState({'direction': {'momentum': MomentumState(mu), ...}, ...}),
+    'adamw': MaskedState({'adam': ScaleByAdamState, ...})}))``; each branch has
+    ``optax.MaskedNode`` where a leaf belongs to the other one.
     """
     assert isinstance(opt_state, root_optax.SkipNonfiniteState)
     branches = opt_state.inner_state.inner_states
     assert set(branches) == {"root", "adamw"}
-    momentum_state = branches["root"].inner_state[0][0]
+    momentum_state = optax.tree.get(branches["root"], "momentum")
     assert isinstance(momentum_state, root_optax.MomentumState)
-    adam_state = branches["adamw"].inner_state[0]
+    adam_state = optax.tree.get(branches["adamw"], "adam")
     assert isinstance(adam_state, optax.ScaleByAdamState)
     in_root, in_adamw = _held(momentum_state.mu), _held(adam_state.mu)
     assert in_root.keys() == in_adamw.keys()
@@ -263,7 +263,7 @@ def test_nnx_routing_by_path():
     assert _routes(optimizer.opt_state) == expected
     # The embedding moved by AdamW: its first moments live in the AdamW branch.
     assert not np.array_equal(before, model.embed.embedding[...])
-    adam_mu = optimizer.opt_state.inner_state.inner_states["adamw"].inner_state[0].mu
+    adam_mu = optax.tree.get(optimizer.opt_state, "adam").mu
     assert np.abs(adam_mu["embed"]["embedding"][...]).max() > 0
 
 

@@ -656,6 +656,36 @@ def test_map_params_maps_only_params_like_leaves(case):
     assert got == want
 
 
+@pytest.mark.parametrize(
+    "dims",
+    [
+        {"w": MuonDimensionNumbers(-2, -1), "b": None},
+        MuonDimensionNumbers(-2, -1),
+        root_optax.matrix_dimension_numbers(stacked="w"),
+    ],
+    ids=["dict", "one_spec", "rule"],
+)
+def test_map_params_works_with_every_form_of_dimension_numbers(dims):
+    """map_params initialises with a leafless placeholder: a dict of dimension
+    numbers must not be checked against it (it was: "not a tree prefix")."""
+    params = {"w": jnp.ones((2, 4, 8)), "b": jnp.ones(8)}
+    if isinstance(dims, MuonDimensionNumbers):
+        params = {"w": params["w"]}
+    tx = root_optax.root(1e-3, weight_dimension_numbers=dims)
+    state = tx.init(params)
+    specs = jax.tree.map(lambda x: f"spec{x.ndim}", params)
+    is_masked_node = lambda x: isinstance(x, optax.MaskedNode)
+    spec_state = optax.tree.map_params(
+        tx,
+        lambda x, spec: x if is_masked_node(x) else spec,
+        state,
+        specs,
+        transform_non_params=lambda _: None,
+        is_leaf=is_masked_node,
+    )
+    assert optax.tree.get(spec_state, "momentum").mu["w"] == "spec3"
+
+
 # ---------------------------------------------------------------------------
 # 10. Composition: chain, masked, partition.
 # ---------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import optax
 import pytest
 
 import root_optax
@@ -212,7 +213,7 @@ def test_state_shardings_recipe_matches_the_state():
     tree = worker.state_shardings(opt, params, shardings, replicated)
     state = opt.init(params)
     assert jax.tree.structure(tree) == jax.tree.structure(state)
-    momentum = tree.inner_state.inner_states["root"].inner_state[0][0].mu
+    momentum = optax.tree.get(tree, "momentum").mu
     assert momentum["w1"] is shardings["w1"] and momentum["w2"] is shardings["w2"]
     assert tree.skipped is replicated and tree.last_finite is replicated
 

@@ -197,3 +197,89 @@ def test_zero_size_matrices_come_back_empty():
     for shape in [(0, 5), (5, 0), (3, 0, 4)]:
         out = orthogonalize(jnp.zeros(shape), "muon")
         assert out.shape == shape
+
+
+def svd_schatten4(x, coeffs, eps=1e-7):
+    """Ground truth with the Schatten-4 normalization: s / (||s||_4 + eps)."""
+    x = np.asarray(x, np.float64)
+    u, s, vt = np.linalg.svd(x, full_matrices=False)
+    s = s / (np.sum(s**4) ** 0.25 + eps)
+    for a, b, c in coeffs:
+        s = a * s + b * s**3 + c * s**5
+    return (u * s) @ vt
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (12, 40), (40, 12)])
+def test_schatten4_normalization_equals_svd_rendering(rng, x64, shape):
+    x = rng.standard_normal(shape)
+    coeffs = [MUON_COEFFICIENTS] * 4
+    got = orthogonalize(jnp.asarray(x), "muon", 4, ns_normalization="schatten4")
+    np.testing.assert_allclose(got, svd_schatten4(x, coeffs), rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 5, 6])
+def test_gram_form_equals_the_standard_iteration_in_float64(rng, x64, steps):
+    """Same polynomial on the small side, restarts included (every 2 steps)."""
+    x = rng.standard_normal((24, 96))
+    table = [(3.2 - 0.1 * k, -4.2 + 0.2 * k, 1.8 - 0.05 * k) for k in range(steps)]
+    for normalization in ("frobenius", "schatten4"):
+        want = orthogonalize(
+            jnp.asarray(x), table, steps, ns_normalization=normalization
+        )
+        got = orthogonalize(
+            jnp.asarray(x), table, steps, ns_normalization=normalization, ns_gram=True
+        )
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-11)
+
+
+def test_gram_form_in_float32_and_complex(rng):
+    x = rng.standard_normal((3, 64, 256)).astype(np.float32)
+    want = orthogonalize(x, "root")
+    got = orthogonalize(x, "root", ns_gram=True)
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-4
+    z = (rng.standard_normal((16, 64)) + 1j * rng.standard_normal((16, 64))).astype(
+        np.complex64
+    )
+    want = orthogonalize(z, "muon")
+    got = orthogonalize(z, "muon", ns_gram=True)
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-4
+
+
+def test_gram_form_only_runs_where_it_is_cheaper():
+    from root_optax import _newton_schulz
+
+    config = _newton_schulz.ns_config("t", "muon", 5, 1e-7, None, ns_gram=True)
+    assert _newton_schulz.uses_gram(config, (64, 128))
+    assert not _newton_schulz.uses_gram(config, (64, 127))
+    assert not _newton_schulz.uses_gram(config._replace(gram=False), (64, 256))
+
+
+def _dot_precisions(fn, *args):
+    text = jax.jit(fn).lower(*args).as_text()
+    return text.count("dot_general"), text.count("HIGHEST")
+
+
+def test_default_precision_is_the_backends_and_highest_is_available():
+    """No Precision.HIGHEST in the default program (the backend's default, as
+    optax muon: one bf16 pass per product on TPU); "highest" asks for it."""
+    x = jnp.ones((8, 32))
+    dots, highest = _dot_precisions(lambda x: orthogonalize(x, "muon"), x)
+    assert dots == 15 and highest == 0
+    dots, highest = _dot_precisions(
+        lambda x: orthogonalize(x, "muon", ns_precision="highest"), x
+    )
+    assert dots == 15 and highest >= 15
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, shown",
+    [
+        ({"ns_normalization": "spectral"}, ValueError, "ns_normalization='spectral'"),
+        ({"ns_gram": 1}, TypeError, "ns_gram=1"),
+        ({"ns_precision": "fast"}, ValueError, "ns_precision='fast'"),
+    ],
+)
+def test_bad_newton_schulz_options(kwargs, error, shown):
+    with pytest.raises(error, match=r"adaptive_newton_schulz\(") as info:
+        root_optax.adaptive_newton_schulz(**kwargs)
+    assert shown in str(info.value)

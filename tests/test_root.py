@@ -76,10 +76,7 @@ def test_default_routing_and_name_routing(rng):
     }
     labels = lambda tx: {
         k: ("root" if not isinstance(v, optax.MaskedNode) else "adamw")
-        for k, v in tx.init(params)
-        .inner_state.inner_states["root"]
-        .inner_state[0][0]
-        .mu.items()
+        for k, v in optax.tree.get(tx.init(params), "momentum").mu.items()
     }
     assert labels(root_optax.root(1e-3)) == {
         "embed": "root",
@@ -152,7 +149,7 @@ def test_stacked_slices_match_separate_matrices(rng):
 def test_mu_dtype_reaches_both_branches(mu_dtype):
     params = {"w": jnp.ones((4, 4)), "b": jnp.ones(4)}
     inner = root_optax.root(1e-3, mu_dtype=mu_dtype).init(params).inner_state
-    root_mu = inner.inner_states["root"].inner_state[0][0].mu["w"]
-    adam_mu = inner.inner_states["adamw"].inner_state[0].mu["b"]
+    root_mu = optax.tree.get(inner, "momentum").mu["w"]
+    adam_mu = optax.tree.get(inner, "adam").mu["b"]
     want = jnp.float32 if mu_dtype is None else mu_dtype
     assert root_mu.dtype == want and adam_mu.dtype == want

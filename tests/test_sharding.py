@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 from optax.contrib import MuonDimensionNumbers as Dims
 
 import root_optax
-from root_optax import _distributed
+from root_optax import _placement
 
 pytestmark = pytest.mark.skipif(
     jax.device_count() < 8,
@@ -187,7 +187,7 @@ def test_root_sharded_equals_single_device(mesh_name, axis_type, distributed):
         assert same_sharding(a, b)
         if axis_type == "explicit":
             assert type_spec(a) == type_spec(b)
-    momenta = before.inner_state.inner_states["root"].inner_state[0][0].mu
+    momenta = optax.tree.get(before, "momentum").mu
     for k, spec in DIMS.items():
         if spec is not None:
             assert same_sharding(momenta[k], params[k]), k
@@ -493,7 +493,7 @@ def test_distributed_true_without_any_mesh_says_how_to_give_one():
 
 
 def test_route_moves_one_axis_at_a_time():
-    route = _distributed._route(((), ("data",), ("model",)), ("data", "model", "x"))
+    route = _placement._route(((), ("data",), ("model",)), ("data", "model", "x"))
     assert route == [
         P(None, "data", "model"),
         P("model", "data", None),

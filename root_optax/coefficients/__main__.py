@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from root_optax import _coefficient_safety, _coefficient_table
-from root_optax.coefficients import _fit, _generate
+from root_optax.coefficients import _fit, _generate, _spectra
 
 
 def _progress(items):
@@ -29,7 +29,12 @@ def _progress(items):
 
 
 def _cmd_fit(args) -> None:
-    result = _fit.fit((args.m, args.n), args.steps, per_iteration=args.per_iteration)
+    result = _fit.fit(
+        (args.m, args.n),
+        args.steps,
+        per_iteration=args.per_iteration,
+        normalization=args.normalization,
+    )
     print(f"shape {result.shape}, {args.steps} steps, fitted in {result.seconds:.3f} s")
     with np.printoptions(precision=6, suppress=True):
         print("coefficients (a, b, c) per iteration:")
@@ -45,9 +50,15 @@ def _cmd_fit(args) -> None:
 
 def _cmd_table(args) -> None:
     start = time.perf_counter()
-    data = _generate.generate(args.out, steps=args.steps, progress=_progress)
+    data = _generate.generate(
+        args.out,
+        steps=args.steps,
+        progress=_progress,
+        normalization=args.normalization,
+    )
     count = sum(len(rows) for rows in data["entries"].values())
-    print(f"wrote {count} entries to {args.out} in {time.perf_counter() - start:.0f} s")
+    out = args.out or _coefficient_table.TABLE_FILES[args.normalization]
+    print(f"wrote {count} entries to {out} in {time.perf_counter() - start:.0f} s")
     print("worst error ratio to Muon per step count/family:")
     for key, ratio in data["worst_ratio_to_muon"].items():
         print(f"  {key:<20}{ratio:.3f}")
@@ -70,11 +81,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     fit.set_defaults(run=_cmd_fit)
     table = commands.add_parser("table", help="regenerate the shipped table")
-    table.add_argument("--out", default=str(_coefficient_table.TABLE_FILE))
+    table.add_argument(
+        "--out", default=None, help="output file (default: the shipped table)"
+    )
     table.add_argument(
         "--steps", type=int, nargs="+", default=list(_coefficient_table.SUPPORTED_STEPS)
     )
     table.set_defaults(run=_cmd_table)
+    for command in (fit, table):
+        command.add_argument(
+            "--normalization",
+            choices=_spectra.NORMALIZATIONS,
+            default="frobenius",
+            help="Newton-Schulz input scaling the coefficients are for",
+        )
     return parser
 
 

@@ -53,12 +53,18 @@ class Fit(NamedTuple):
 class _Problem:
     """All spectra of one shape in one flat array, for fast error evaluation."""
 
-    def __init__(self, shape: tuple[int, int], families: Sequence[str]):
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        families: Sequence[str],
+        normalization: str = "frobenius",
+    ):
         m, n = shape
         values, weights, starts, owner = [], [], [], []
         self.families = tuple(families)
         for f, name in enumerate(self.families):
-            for spectrum in _spectra.family(name, m, n):
+            for stored in _spectra.family(name, m, n):
+                spectrum = _spectra.normalized(stored, normalization)
                 starts.append(sum(len(v) for v in values))
                 values.append(spectrum.values)
                 weights.append(spectrum.weights / spectrum.weights.sum())
@@ -174,11 +180,18 @@ def fit(
     *,
     per_iteration: bool = False,
     families: Sequence[str] = FIT_FAMILIES,
+    normalization: str = "frobenius",
 ) -> Fit:
-    """Fit safe quintic coefficients for ``shape``; see the package docstring."""
+    """Fit safe quintic coefficients for ``shape``; see the package docstring.
+
+    ``normalization`` is the scaling of Newton–Schulz's input the coefficients
+    are for (``"frobenius"`` or ``"schatten4"``, see
+    :func:`root_optax.orthogonalize`); the baseline is Muon's coefficients under
+    the same normalization and step count.
+    """
     start_time = time.perf_counter()
     shape = (int(min(shape)), int(max(shape)))
-    problem = _Problem(shape, families)
+    problem = _Problem(shape, families, normalization)
     baseline = problem.errors(np.tile(MUON, (ns_steps, 1)))
     objective = _objective(problem, baseline)
     best, best_value = _best_single(objective, ns_steps, shape)

@@ -27,9 +27,11 @@ def dumps(data: dict) -> str:
     return json.dumps(head, indent=1)[:-2] + f',\n "entries": {{\n{entries}\n }}\n}}\n'
 
 
-def _fit_row(shape: tuple[int, int], ns_steps: int) -> tuple[list, _fit.Fit]:
+def _fit_row(
+    shape: tuple[int, int], ns_steps: int, normalization: str
+) -> tuple[list, _fit.Fit]:
     """``[min, max, a1, b1, c1, ...]`` (rounded, re-checked safe) and the fit."""
-    result = _fit.fit(shape, ns_steps, per_iteration=True)
+    result = _fit.fit(shape, ns_steps, per_iteration=True, normalization=normalization)
     flat = [round(float(v), 7) for v in result.coefficients.ravel()]
     if not _coefficient_safety.is_safe(np.reshape(flat, (ns_steps, 3))):
         raise RuntimeError(
@@ -40,24 +42,30 @@ def _fit_row(shape: tuple[int, int], ns_steps: int) -> tuple[list, _fit.Fit]:
 
 
 def generate(
-    path: str | Path = _coefficient_table.TABLE_FILE,
+    path: str | Path | None = None,
     *,
     steps: Iterable[int] = _coefficient_table.SUPPORTED_STEPS,
     shapes: Iterable[tuple[int, int]] | None = None,
     progress: Callable | None = None,
+    normalization: str = "frobenius",
 ) -> dict:
     """Fit every shape (default :func:`grid_shapes`) for every step count; write JSON.
+
+    ``normalization`` picks the table (and its default ``path``,
+    :data:`root_optax._coefficient_table.TABLE_FILES`).
 
     Deterministic: the spectra are quantiles, not random draws, and the fit has
     no randomness, so the same code regenerates the same table.
     """
+    if path is None:
+        path = _coefficient_table.TABLE_FILES[normalization]
     steps = tuple(steps)
     shapes = _coefficient_table.grid_shapes() if shapes is None else list(shapes)
     jobs = [(k, shape) for k in steps for shape in shapes]
     entries: dict[str, list] = {str(k): [] for k in steps}
     worst: dict[str, float] = {}
     for k, shape in progress(jobs) if progress else jobs:
-        row, result = _fit_row(shape, k)
+        row, result = _fit_row(shape, k, normalization)
         entries[str(k)].append(row)
         for family, error in result.errors.items():
             ratio = error / result.muon_errors[family]
@@ -65,10 +73,17 @@ def generate(
     data = {
         "description": (
             "Quintic Newton-Schulz coefficients fitted per (min, max) shape and "
-            "step count by root_optax.coefficients.fit(per_iteration=True); "
-            "regenerate with "
-            "`python -m root_optax.coefficients table`."
+            "step count by root_optax.coefficients.fit(per_iteration=True, "
+            f"normalization={normalization!r}); regenerate with "
+            "`python -m root_optax.coefficients table"
+            + (
+                ""
+                if normalization == "frobenius"
+                else f" --normalization {normalization}"
+            )
+            + "`."
         ),
+        "normalization": normalization,
         "band": list(_coefficient_safety.BAND),
         "safe_delta": {str(k): _coefficient_safety.safe_delta(k) for k in steps},
         "families": list(_fit.FIT_FAMILIES),

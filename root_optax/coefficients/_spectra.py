@@ -173,6 +173,27 @@ def apply(values: np.ndarray, coeffs) -> np.ndarray:
     return s
 
 
+NORMALIZATIONS = ("frobenius", "schatten4")
+"""How Newton–Schulz scales its input (``ns_normalization``)."""
+
+
+def normalized(spectrum: Spectrum, normalization: str = "frobenius") -> Spectrum:
+    """The singular values Newton–Schulz starts from under ``normalization``.
+
+    Spectra are stored Frobenius-normalized (``sum w s^2 = 1``);
+    ``"schatten4"`` divides by the Schatten-4 norm instead
+    (``sum w s^4 = 1``), which puts the values nearer 1.
+    """
+    if normalization == "frobenius":
+        return spectrum
+    if normalization != "schatten4":
+        raise ValueError(
+            f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}."
+        )
+    norm = np.sum(spectrum.weights * spectrum.values**4) ** 0.25
+    return Spectrum(spectrum.values / norm, spectrum.weights)
+
+
 def relative_polar_error(spectrum: Spectrum, coeffs) -> float:
     r"""``||X_K - U V^T||_F / ||U V^T||_F`` for a matrix with this spectrum:
     :math:`\sqrt{\sum_i w_i (F(s_i) - 1)^2 / \sum_i w_i}` (exact, since Newton–Schulz

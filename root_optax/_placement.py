@@ -1,0 +1,393 @@
+"""Batches of matrices: grouped by shape, placed on the mesh, and put back.
+
+The matrix path of ROOT runs one kernel (clip, Newton–Schulz, or both) on every
+matrix of a tree, where a leaf may hold many matrices (the layers of a stacked
+weight, or any batch axes its dimension numbers name). :func:`map_matrix_batches`
+does it once for every mode:
+
+1. every matrix leaf is viewed as a ``(batch, rows, cols)`` stack
+   (:class:`~root_optax._dimension_numbers.MatrixView`);
+2. stacks of the same wide shape ``(min, max)`` and dtype are turned to the
+   wide orientation and concatenated into one batch per shape;
+3. the batch axis is *placed*: left where the leaves lie (the default: a
+   sharded matrix stays sharded and the compiler partitions its products), or
+   distributed (``distributed=``): padded to a multiple of the device count
+   and resharded so that every device holds whole matrices, its share;
+4. the kernel runs on each batch, and the results go back to the leaves'
+   layouts and shardings.
+
+Leaves sharded over explicit mesh axes run inside :func:`jax.sharding.auto_axes`
+(the compiler chooses intermediate shardings) and come back in exactly their
+shardings. Under explicit axes the distributed moves are all-to-alls over one
+mesh axis at a time, never gathers.
+"""
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec
+
+from root_optax import _dimension_numbers
+
+Distributed = bool | Mesh | AbstractMesh
+"""``False`` (each matrix where it lies), ``True`` (the mesh set with
+:func:`jax.set_mesh`) or the :class:`jax.sharding.Mesh` to distribute over."""
+
+Kernel = Callable[[jax.Array, tuple[int, int], Any], jax.Array]
+"""``kernel(batch, (m, n), dynamic) -> batch``: a ``(B, m, n)`` batch of wide
+(``m <= n``) matrices in, the same shape and dtype out, each matrix on its own.
+``dynamic`` holds the values it uses that may be traced."""
+
+Layout = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]
+"""Mesh axes of the ``(batch, rows, cols)`` dimensions of a stack."""
+
+
+def check_distributed(fn: str, distributed: Any) -> Distributed:
+    """Validate a ``distributed=`` argument, reported as ``fn(distributed=...)``."""
+    if isinstance(distributed, bool):
+        return distributed
+    if isinstance(distributed, (Mesh, AbstractMesh)):
+        if distributed.empty:
+            raise ValueError(
+                f"{fn}(distributed=...) got an empty mesh, distributed={distributed!r};"
+                " expected a mesh with at least one axis."
+            )
+        return distributed
+    raise TypeError(
+        f"{fn}(distributed=...) must be False, True (use the mesh set with "
+        "jax.set_mesh) or a jax.sharding.Mesh, got "
+        f"distributed={distributed!r}."
+    )
+
+
+def explicit_sharding(x: Any) -> NamedSharding | None:
+    """``x``'s sharding when its type carries one over explicit mesh axes."""
+    sharding = getattr(jax.typeof(x), "sharding", None)
+    if isinstance(sharding, NamedSharding) and AxisType.Explicit in (
+        sharding.mesh.axis_types
+    ):
+        return sharding
+    return None
+
+
+def _with_auto_axes(
+    compute: Callable, args: tuple, shardings: tuple, dynamic: Any
+) -> Any:
+    """``compute(*args, dynamic)`` with every mesh axis Auto, outputs (a tuple)
+    in ``shardings``.
+
+    Under explicit axes, reshapes of sharded dimensions and products over
+    sharded contractions need an output sharding at every step; inside
+    :func:`jax.sharding.auto_axes` the compiler chooses them, and the outputs
+    come back in the explicit ``shardings`` given. The arrays in ``dynamic``
+    (hyperparameters from :func:`optax.inject_hyperparams`) enter as arguments:
+    a traced value captured from outside keeps the explicit mesh's type.
+    """
+    flat, treedef = jax.tree.flatten(dynamic)
+    traced = [isinstance(c, jax.Array) for c in flat]
+
+    def inner(*inputs):
+        rest = iter(inputs[len(args) :])
+        leaves = [next(rest) if t else c for c, t in zip(flat, traced)]
+        return compute(*inputs[: len(args)], jax.tree.unflatten(treedef, leaves))
+
+    extra = tuple(c for c, t in zip(flat, traced) if t)
+    with jax.sharding.use_abstract_mesh(shardings[0].mesh):
+        return jax.sharding.auto_axes(inner, out_sharding=shardings)(*args, *extra)
+
+
+def _mesh_for(fn: str, distributed: Distributed, leaves) -> Mesh | AbstractMesh:
+    """The mesh to distribute over: the one given, the ambient one, or the mesh
+    of explicitly sharded leaves."""
+    if not isinstance(distributed, bool):
+        return distributed
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty:
+        return mesh
+    for leaf in leaves:
+        sharding = explicit_sharding(leaf)
+        if sharding is not None:
+            return sharding.mesh
+    raise ValueError(
+        f"{fn}(distributed=True) found no mesh: call update inside "
+        "`with jax.set_mesh(mesh):`, shard the params over explicit mesh axes, or "
+        "pass the mesh itself as distributed=mesh."
+    )
+
+
+def _auto_mesh(mesh: Mesh | AbstractMesh) -> Mesh | AbstractMesh:
+    """``mesh`` with every axis Auto, as sharding constraints need."""
+    if all(t == AxisType.Auto for t in mesh.axis_types):
+        return mesh
+    auto = (AxisType.Auto,) * len(mesh.axis_names)
+    if isinstance(mesh, Mesh):
+        return Mesh(mesh.devices, mesh.axis_names, axis_types=auto)
+    return mesh.update_axis_types(dict(zip(mesh.axis_names, auto)))
+
+
+def _current_auto_mesh(mesh: Mesh | AbstractMesh) -> Mesh | AbstractMesh:
+    """The Auto twin of ``mesh``; inside auto_axes, the ambient one."""
+    ambient = jax.sharding.get_abstract_mesh()
+    same = lambda a, b: (
+        (tuple(a.axis_names), tuple(a.axis_sizes))
+        == (
+            tuple(b.axis_names),
+            tuple(b.axis_sizes),
+        )
+    )
+    if not ambient.empty and same(ambient, mesh):
+        mesh = ambient
+    return _auto_mesh(mesh)
+
+
+class _NotBlock(Exception):
+    pass
+
+
+def stack_layout(
+    sharding: NamedSharding, view: _dimension_numbers.MatrixView
+) -> Layout | None:
+    """Mesh axes of the ``(batch, rows, cols)`` dimensions of
+    ``view.to_batch(leaf)`` for a leaf with this explicit sharding; ``None`` when
+    that stack is not block-sharded (a merge of dimensions sharded after the
+    first). Axes of size 1 are left out."""
+    sizes = dict(zip(sharding.mesh.axis_names, sharding.mesh.axis_sizes))
+    spec = tuple(sharding.spec) + (None,) * (len(view.shape) - len(sharding.spec))
+
+    def axes(entry):
+        if entry is None:
+            return ()
+        if not isinstance(entry, (str, tuple)):
+            raise _NotBlock
+        entry = (entry,) if isinstance(entry, str) else entry
+        return tuple(a for a in entry if sizes[a] > 1)
+
+    try:
+        dims = [(view.shape[i], axes(spec[i])) for i in view.transpose]
+    except _NotBlock:
+        return None
+    layout = []
+    for target in (view.batch, view.fan_in, view.fan_out):
+        size, group = 1, []
+        while size != target:
+            group.append(dims.pop(0))
+            size *= group[-1][0]
+        sharded = [a for n, a in group if n > 1]
+        if any(sharded[1:]):
+            return None
+        layout.append(sharded[0] if sharded else ())
+    if any(a for _, a in dims):
+        return None
+    return tuple(layout)
+
+
+def _spec(batch, rows=(), cols=()) -> PartitionSpec:
+    return PartitionSpec(*(tuple(a) or None for a in (batch, rows, cols)))
+
+
+def _route(layout: Layout, mesh_axes: tuple[str, ...]) -> list[PartitionSpec]:
+    """Shardings that take a stack from ``layout`` to whole matrices per device.
+
+    One mesh axis moves at a time from a matrix dimension (its minor end) to
+    the batch dimension, so each step is one all-to-all over that axis; the
+    mesh axes the stack is replicated over come last (a local slice). The last
+    entry shards the batch over every mesh axis.
+    """
+    batch, rows, cols = (list(a) for a in layout)
+    specs = [_spec(batch, rows, cols)]
+    for dim in (cols, rows):
+        while dim:
+            batch.append(dim.pop())
+            specs.append(_spec(batch, rows, cols))
+    batch += [a for a in mesh_axes if a not in batch]
+    specs.append(_spec(batch))
+    return specs
+
+
+def _wide(x: jax.Array, tall: bool) -> jax.Array:
+    return jnp.swapaxes(x, 1, 2) if tall else x
+
+
+def _concat(parts: Sequence[jax.Array]) -> jax.Array:
+    return jnp.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
+def _split(x: jax.Array, sizes: Sequence[int]) -> list[jax.Array]:
+    if len(sizes) == 1:
+        return [x]
+    bounds = np.cumsum((0, *sizes)).tolist()
+    return [x[a:b] for a, b in itertools.pairwise(bounds)]
+
+
+def apply_by_shape(
+    kernel: Kernel, parts: Sequence[jax.Array], keys: Sequence[Any], dynamic: Any
+) -> list[jax.Array]:
+    """Run ``kernel`` once per batch of ``parts`` with equal keys.
+
+    Each part is a ``(b, rows, cols)`` stack; parts with the same ``key`` (which
+    must determine the wide shape and dtype) are turned wide, concatenated,
+    processed by one kernel call and split back into their own orientation.
+    """
+    batches: dict[Any, list[int]] = {}
+    for j, key in enumerate(keys):
+        batches.setdefault(key, []).append(j)
+    outs: list[Any] = [None] * len(parts)
+    for js in batches.values():
+        tall = [parts[j].shape[1] > parts[j].shape[2] for j in js]
+        wide = _concat([_wide(parts[j], t) for j, t in zip(js, tall)])
+        out = kernel(wide, tuple(wide.shape[1:]), dynamic)
+        pieces = _split(out, [parts[j].shape[0] for j in js])
+        for j, t, piece in zip(js, tall, pieces):
+            outs[j] = _wide(piece, t)
+    return outs
+
+
+class _Matrices(NamedTuple):
+    """The matrix leaves of a tree and how to view each as a stack."""
+
+    leaves: tuple[jax.Array, ...]
+    views: tuple[_dimension_numbers.MatrixView, ...]
+    layouts: tuple[Layout | None, ...]
+    marked: Any  # the tree, with _Slot where each matrix leaf was
+
+
+class _Slot(NamedTuple):
+    index: int
+
+
+def _collect(fn: str, tree: Any, dimension_numbers) -> _Matrices:
+    found: list[tuple[jax.Array, _dimension_numbers.MatrixView]] = []
+
+    def collect(u, view):
+        if math.prod(view.shape) == 0:
+            return u  # zero-size: nothing to compute, passes through
+        found.append((u, view))
+        return _Slot(len(found) - 1)
+
+    marked = _dimension_numbers.map_matrices(collect, tree, dimension_numbers, fn)
+    leaves = tuple(u for u, _ in found)
+    views = tuple(v for _, v in found)
+    layouts = []
+    for u, v in found:
+        sharding = explicit_sharding(u)
+        layouts.append(None if sharding is None else stack_layout(sharding, v))
+    return _Matrices(leaves, views, tuple(layouts), marked)
+
+
+def _wide_key(view, layout, dtype) -> tuple:
+    """Batch key of the default placement: wide shape, dtype, and the stack's
+    layout in the wide orientation (stacks that lie differently are not merged,
+    so nothing is resharded)."""
+    rows, cols = view.matrix_shape
+    if layout is not None and rows > cols:
+        layout = (layout[0], layout[2], layout[1])
+    return (min(rows, cols), max(rows, cols), np.dtype(dtype), layout)
+
+
+def _in_place(kernel: Kernel, mats: _Matrices, arrays, dynamic) -> list[jax.Array]:
+    """Default placement: every batch where its matrices lie."""
+    parts = [v.to_batch(x) for v, x in zip(mats.views, arrays)]
+    keys = [
+        _wide_key(v, layout, x.dtype)
+        for v, layout, x in zip(mats.views, mats.layouts, arrays)
+    ]
+    return apply_by_shape(kernel, parts, keys, dynamic)
+
+
+def _distributed(kernel: Kernel, mats: _Matrices, arrays, dynamic, mesh):
+    """Distributed placement: batches padded and split over all mesh devices.
+
+    Stacks are formed per shape, dtype and layout (they move alike, see
+    :func:`_route`); on each device the local stacks of one wide shape are
+    merged for one kernel call, with no communication.
+    """
+    use = _current_auto_mesh(mesh)
+    axes, devices = tuple(use.axis_names), math.prod(use.axis_sizes)
+    constrain = lambda x, spec: jax.lax.with_sharding_constraint(
+        x, NamedSharding(use, spec)
+    )
+    groups: dict[tuple, list[int]] = {}
+    for i, (view, layout) in enumerate(zip(mats.views, mats.layouts)):
+        key = (*view.matrix_shape, np.dtype(arrays[i].dtype), layout)
+        groups.setdefault(key, []).append(i)
+    stacks, routes = [], []
+    for (rows, cols, dtype, layout), members in groups.items():
+        parts = [mats.views[i].to_batch(arrays[i]) for i in members]
+        pad = -sum(p.shape[0] for p in parts) % devices
+        if pad:
+            parts.append(jnp.zeros((pad, rows, cols), dtype))
+        route = _route(layout, axes) if layout else [_spec(axes)]
+        stack = _concat(parts)
+        for spec in route:
+            stack = constrain(stack, spec)
+        stacks.append(stack)
+        routes.append(route)
+    keys = [(min(r, c), max(r, c), d) for r, c, d, _ in groups]
+    owned = [route[-1] for route in routes]
+    # No collectives inside, so no varying-axes bookkeeping is needed (and
+    # loops inside the kernel may start from unvarying constants).
+    outs = jax.shard_map(
+        lambda local: apply_by_shape(kernel, local, keys, dynamic),
+        mesh=use,
+        in_specs=(owned,),
+        out_specs=owned,
+        check_vma=False,
+    )(stacks)
+    results: list[Any] = [None] * len(arrays)
+    for members, out, route in zip(groups.values(), outs, routes):
+        for spec in reversed(route[:-1]):
+            out = constrain(out, spec)
+        sizes = [mats.views[i].batch for i in members]
+        for i, piece in zip(members, _split(out[: sum(sizes)], sizes)):
+            results[i] = piece
+    return results
+
+
+def map_matrix_batches(
+    fn: str,
+    kernel: Kernel,
+    tree: Any,
+    dimension_numbers: _dimension_numbers.WeightDimensionNumbers,
+    distributed: Distributed = False,
+    dynamic: Any = (),
+) -> Any:
+    """Apply ``kernel`` to every matrix of ``tree``, as batches of one wide shape.
+
+    See the module docstring for the steps. ``distributed`` (checked) places
+    each batch on the mesh's devices, whole matrices per device; ``dynamic``
+    holds the values ``kernel`` uses that may be traced. Leaves that are not
+    matrices (``None`` specs, :class:`optax.MaskedNode`) and zero-size leaves
+    pass through. Errors name ``fn``.
+    """
+    mats = _collect(fn, tree, dimension_numbers)
+    if not mats.leaves:
+        return mats.marked
+    if distributed is False:
+        place = _in_place
+    else:
+        mesh = _mesh_for(fn, distributed, mats.leaves)
+        place = lambda *args: _distributed(*args, mesh=mesh)
+
+    def compute(*inputs):
+        *arrays, dyn = inputs
+        outs = place(kernel, mats, arrays, dyn)
+        return tuple(
+            v.from_batch(out).astype(x.dtype)
+            for v, out, x in zip(mats.views, outs, arrays)
+        )
+
+    if any(explicit_sharding(u) is not None for u in mats.leaves):
+        shardings = tuple(jax.typeof(u).sharding for u in mats.leaves)
+        outs = _with_auto_axes(compute, mats.leaves, shardings, dynamic)
+    else:
+        outs = compute(*mats.leaves, dynamic)
+    return jax.tree.map(
+        lambda x: outs[x.index] if isinstance(x, _Slot) else x,
+        mats.marked,
+        is_leaf=lambda x: isinstance(x, _Slot),
+    )
