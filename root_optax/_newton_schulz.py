@@ -299,7 +299,7 @@ def orthogonalize(
         nearer 1, so fewer steps reach the same error, at no extra product;
         the ``"root"`` preset then uses coefficients fitted for it).
       ns_gram: run the iteration in its Gram form on matrices with
-        ``max >= 2 min`` (:func:`_gram_iteration`): the same result, about half
+        ``max >= 2 min`` (``_gram_iteration``): the same result, about half
         the FLOPs for aspect ratios of 4, with restarts every 2 steps so that
         bf16 products stay accurate.
 

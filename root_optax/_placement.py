@@ -303,7 +303,7 @@ def _distributed(kernel: Kernel, mats: _Matrices, arrays, dynamic, mesh):
     """Distributed placement: batches padded and split over all mesh devices.
 
     Stacks are formed per shape, dtype and layout (they move alike, see
-    :func:`_route`); on each device the local stacks of one wide shape are
+    ``_route``); on each device the local stacks of one wide shape are
     merged for one kernel call, with no communication.
     """
     use = _current_auto_mesh(mesh)

@@ -91,7 +91,7 @@ def _histogram_select(bits, ranks, num_bits: int, batch_ndim: int) -> jax.Array:
     neighbours come out of the same passes (2 for float32 matrices of 2**20
     entries or more). CPU choice: a scatter-add pass costs a few compare-and-sum
     passes but settles up to 16 bits; on accelerators scatters contend or
-    serialize, so :func:`_counting_select` serves them.
+    serialize, so ``_counting_select`` serves them.
     """
     batch = bits.shape[:batch_ndim]
     per_matrix = bits.size // max(math.prod(batch), 1)
