@@ -4,6 +4,7 @@ from optax.contrib import MuonDimensionNumbers
 
 from root_optax._clipping import robust_clip
 from root_optax._coefficients import MUON_COEFFICIENTS, REFERENCE_TABLE
+from root_optax._diagnostics import MatrixStats, UpdateStats, diagnostics
 from root_optax._momentum import MomentumState, momentum
 from root_optax._newton_schulz import adaptive_newton_schulz, orthogonalize
 from root_optax._nonfinite import SkipNonfiniteState, skip_nonfinite
@@ -23,12 +24,15 @@ __all__ = (
     "MUON_COEFFICIENTS",
     "REFERENCE_TABLE",
     "LeafRoute",
+    "MatrixStats",
     "MomentumState",
     "MuonDimensionNumbers",
     "RoutingTable",
     "SkipNonfiniteState",
+    "UpdateStats",
     "abs_quantile",
     "adaptive_newton_schulz",
+    "diagnostics",
     "matrix_dimension_numbers",
     "momentum",
     "orthogonalize",

@@ -54,6 +54,18 @@ def thresholds(batch: jax.Array, config: ClipConfig) -> jax.Array:
     return (eps + config.offset).astype(real)
 
 
+def clip_to(batch: jax.Array, eps: jax.Array) -> jax.Array:
+    """Clip each matrix of a ``(B, m, n)`` batch to its ``eps`` of shape ``(B,)``;
+    complex entries keep their phase (the magnitude is clipped)."""
+    eps = eps[:, None, None]
+    if not jnp.iscomplexobj(batch):
+        return jnp.clip(batch, -eps.astype(batch.dtype), eps.astype(batch.dtype))
+    magnitude = jnp.abs(batch)
+    over = magnitude > eps
+    shrink = jnp.where(over, eps / jnp.where(over, magnitude, 1), 1)
+    return batch * shrink.astype(magnitude.dtype)
+
+
 def clip_batch(batch: jax.Array, config: ClipConfig) -> jax.Array:
     r"""ROOT's robust base of every matrix of a ``(B, m, n)`` batch.
 
@@ -67,13 +79,7 @@ def clip_batch(batch: jax.Array, config: ClipConfig) -> jax.Array:
     """
     if batch.size == 0:
         return batch
-    eps = thresholds(batch, config)[:, None, None]
-    if not jnp.iscomplexobj(batch):
-        return jnp.clip(batch, -eps.astype(batch.dtype), eps.astype(batch.dtype))
-    magnitude = jnp.abs(batch)
-    over = magnitude > eps
-    shrink = jnp.where(over, eps / jnp.where(over, magnitude, 1), 1)
-    return batch * shrink.astype(magnitude.dtype)
+    return clip_to(batch, thresholds(batch, config))
 
 
 def robust_clip(
@@ -125,7 +131,7 @@ def robust_clip(
     """
     fn = "robust_clip"
     config = clip_config(fn, quantile, threshold, offset)
-    kernel = lambda batch, shape, config: clip_batch(batch, config)
+    kernel = lambda batch, shape, config: (clip_batch(batch, config), {})
 
     def init_fn(params):
         _dimension_numbers.check_fits(params, weight_dimension_numbers, fn)
@@ -133,7 +139,7 @@ def robust_clip(
 
     def update_fn(updates, state, params=None):
         del params
-        updates = _placement.map_matrix_batches(
+        updates, _ = _placement.map_matrix_batches(
             fn, kernel, updates, weight_dimension_numbers, dynamic=config
         )
         return updates, state

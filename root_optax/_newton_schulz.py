@@ -244,12 +244,11 @@ def newton_schulz_batch(
 
 
 def newton_schulz_kernel(fn: str, config: NewtonSchulzConfig) -> _placement.Kernel:
-    """The placement kernel ``(batch, shape, config) -> batch`` for ``config``."""
+    """The placement kernel ``(batch, shape, config) -> (batch, {})``."""
 
     def kernel(batch, shape, dynamic_config):
-        return newton_schulz_batch(
-            batch, config.coefficients(fn, shape), dynamic_config
-        )
+        out = newton_schulz_batch(batch, config.coefficients(fn, shape), dynamic_config)
+        return out, {}
 
     return kernel
 
@@ -441,13 +440,17 @@ def matrix_transform(
     distributed: _placement.Distributed,
     *,
     coefficients: NewtonSchulzConfig | None = None,
+    stats: type[NamedTuple] | None = None,
 ) -> optax.GradientTransformation:
-    """A stateless transform running ``kernel`` on every matrix batch.
+    """A transform running ``kernel`` on every matrix batch.
 
     ``init`` checks the dimension numbers (naming ``fn``) and, when
     ``coefficients`` holds a user table or callable, the coefficients of every
     matrix shape of the params, so that errors surface before the first step.
+    Stateless, unless ``stats`` (a NamedTuple class whose fields the kernel
+    returns) is given: the state is then the last step's per-matrix statistics.
     """
+    stat_names = () if stats is None else stats._fields
 
     def init_fn(params):
         user_coeffs = coefficients is not None and not isinstance(
@@ -462,13 +465,24 @@ def matrix_transform(
             )
         else:
             _dimension_numbers.check_fits(params, weight_dimension_numbers, fn)
-        return optax.EmptyState()
+        if stats is None:
+            return optax.EmptyState()
+        count = 0
+        if params is not None:
+            count = _placement.matrix_count(fn, params, weight_dimension_numbers)
+        return stats(*(jnp.zeros((count,), jnp.float32) for _ in stat_names))
 
     def update_fn(updates, state, params=None):
         del params
-        updates = _placement.map_matrix_batches(
-            fn, kernel, updates, weight_dimension_numbers, distributed, dynamic
+        updates, values = _placement.map_matrix_batches(
+            fn,
+            kernel,
+            updates,
+            weight_dimension_numbers,
+            distributed,
+            dynamic,
+            stat_names=stat_names,
         )
-        return updates, state
+        return updates, (state if stats is None else stats(**values))
 
     return optax.GradientTransformation(init_fn, update_fn)

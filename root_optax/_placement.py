@@ -38,9 +38,10 @@ Distributed = bool | Mesh | AbstractMesh
 """``False`` (each matrix where it lies), ``True`` (the mesh set with
 :func:`jax.set_mesh`) or the :class:`jax.sharding.Mesh` to distribute over."""
 
-Kernel = Callable[[jax.Array, tuple[int, int], Any], jax.Array]
-"""``kernel(batch, (m, n), dynamic) -> batch``: a ``(B, m, n)`` batch of wide
-(``m <= n``) matrices in, the same shape and dtype out, each matrix on its own.
+Kernel = Callable[[jax.Array, tuple[int, int], Any], tuple[jax.Array, dict]]
+"""``kernel(batch, (m, n), dynamic) -> (batch, stats)``: a ``(B, m, n)`` batch of
+wide (``m <= n``) matrices in, the same shape and dtype out, each matrix on its
+own, and a dict of per-matrix statistics of shape ``(B,)`` (often empty).
 ``dynamic`` holds the values it uses that may be traced."""
 
 Layout = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]
@@ -78,8 +79,8 @@ def explicit_sharding(x: Any) -> NamedSharding | None:
 def _with_auto_axes(
     compute: Callable, args: tuple, shardings: tuple, dynamic: Any
 ) -> Any:
-    """``compute(*args, dynamic)`` with every mesh axis Auto, outputs (a tuple)
-    in ``shardings``.
+    """``compute(*args, dynamic)`` with every mesh axis Auto, outputs in
+    ``shardings`` (a tree of shardings matching the outputs).
 
     Under explicit axes, reshapes of sharded dimensions and products over
     sharded contractions need an output sharding at every step; inside
@@ -97,7 +98,8 @@ def _with_auto_axes(
         return compute(*inputs[: len(args)], jax.tree.unflatten(treedef, leaves))
 
     extra = tuple(c for c, t in zip(flat, traced) if t)
-    with jax.sharding.use_abstract_mesh(shardings[0].mesh):
+    mesh = jax.tree.leaves(shardings)[0].mesh
+    with jax.sharding.use_abstract_mesh(mesh):
         return jax.sharding.auto_axes(inner, out_sharding=shardings)(*args, *extra)
 
 
@@ -226,12 +228,13 @@ def _split(x: jax.Array, sizes: Sequence[int]) -> list[jax.Array]:
 
 def apply_by_shape(
     kernel: Kernel, parts: Sequence[jax.Array], keys: Sequence[Any], dynamic: Any
-) -> list[jax.Array]:
+) -> list[tuple[jax.Array, dict]]:
     """Run ``kernel`` once per batch of ``parts`` with equal keys.
 
     Each part is a ``(b, rows, cols)`` stack; parts with the same ``key`` (which
     must determine the wide shape and dtype) are turned wide, concatenated,
-    processed by one kernel call and split back into their own orientation.
+    processed by one kernel call and split back into their own orientation,
+    each with its slice of the per-matrix statistics.
     """
     batches: dict[Any, list[int]] = {}
     for j, key in enumerate(keys):
@@ -240,10 +243,12 @@ def apply_by_shape(
     for js in batches.values():
         tall = [parts[j].shape[1] > parts[j].shape[2] for j in js]
         wide = _concat([_wide(parts[j], t) for j, t in zip(js, tall)])
-        out = kernel(wide, tuple(wide.shape[1:]), dynamic)
-        pieces = _split(out, [parts[j].shape[0] for j in js])
-        for j, t, piece in zip(js, tall, pieces):
-            outs[j] = _wide(piece, t)
+        out, stats = kernel(wide, tuple(wide.shape[1:]), dynamic)
+        sizes = [parts[j].shape[0] for j in js]
+        pieces = _split(out, sizes)
+        stat_pieces = {name: _split(v, sizes) for name, v in stats.items()}
+        for i, (j, t, piece) in enumerate(zip(js, tall, pieces)):
+            outs[j] = (_wide(piece, t), {n: v[i] for n, v in stat_pieces.items()})
     return outs
 
 
@@ -289,7 +294,7 @@ def _wide_key(view, layout, dtype) -> tuple:
     return (min(rows, cols), max(rows, cols), np.dtype(dtype), layout)
 
 
-def _in_place(kernel: Kernel, mats: _Matrices, arrays, dynamic) -> list[jax.Array]:
+def _in_place(kernel: Kernel, mats: _Matrices, arrays, dynamic) -> list:
     """Default placement: every batch where its matrices lie."""
     parts = [v.to_batch(x) for v, x in zip(mats.views, arrays)]
     keys = [
@@ -299,7 +304,7 @@ def _in_place(kernel: Kernel, mats: _Matrices, arrays, dynamic) -> list[jax.Arra
     return apply_by_shape(kernel, parts, keys, dynamic)
 
 
-def _distributed(kernel: Kernel, mats: _Matrices, arrays, dynamic, mesh):
+def _distributed(kernel: Kernel, mats: _Matrices, arrays, dynamic, mesh) -> list:
     """Distributed placement: batches padded and split over all mesh devices.
 
     Stacks are formed per shape, dtype and layout (they move alike, see
@@ -329,23 +334,35 @@ def _distributed(kernel: Kernel, mats: _Matrices, arrays, dynamic, mesh):
         routes.append(route)
     keys = [(min(r, c), max(r, c), d) for r, c, d, _ in groups]
     owned = [route[-1] for route in routes]
+    batch_only = [PartitionSpec(axes)] * len(owned)
     # No collectives inside, so no varying-axes bookkeeping is needed (and
     # loops inside the kernel may start from unvarying constants).
     outs = jax.shard_map(
-        lambda local: apply_by_shape(kernel, local, keys, dynamic),
+        lambda local: tuple(
+            map(list, zip(*apply_by_shape(kernel, local, keys, dynamic)))
+        ),
         mesh=use,
         in_specs=(owned,),
-        out_specs=owned,
+        out_specs=(owned, batch_only),
         check_vma=False,
     )(stacks)
     results: list[Any] = [None] * len(arrays)
-    for members, out, route in zip(groups.values(), outs, routes):
+    for members, out, stats, route in zip(groups.values(), *outs, routes):
         for spec in reversed(route[:-1]):
             out = constrain(out, spec)
+        stats = {n: constrain(v, PartitionSpec()) for n, v in stats.items()}
         sizes = [mats.views[i].batch for i in members]
-        for i, piece in zip(members, _split(out[: sum(sizes)], sizes)):
-            results[i] = piece
+        pieces = _split(out[: sum(sizes)], sizes)
+        stat_pieces = {n: _split(v[: sum(sizes)], sizes) for n, v in stats.items()}
+        for k, (i, piece) in enumerate(zip(members, pieces)):
+            results[i] = (piece, {n: v[k] for n, v in stat_pieces.items()})
     return results
+
+
+def matrix_count(fn: str, tree: Any, dimension_numbers) -> int:
+    """How many matrices :func:`map_matrix_batches` processes in ``tree`` (the
+    length of its statistics vectors)."""
+    return sum(v.batch for v in _collect(fn, tree, dimension_numbers).views)
 
 
 def map_matrix_batches(
@@ -355,18 +372,25 @@ def map_matrix_batches(
     dimension_numbers: _dimension_numbers.WeightDimensionNumbers,
     distributed: Distributed = False,
     dynamic: Any = (),
-) -> Any:
+    stat_names: Sequence[str] = (),
+) -> tuple[Any, dict[str, jax.Array]]:
     """Apply ``kernel`` to every matrix of ``tree``, as batches of one wide shape.
 
     See the module docstring for the steps. ``distributed`` (checked) places
     each batch on the mesh's devices, whole matrices per device; ``dynamic``
-    holds the values ``kernel`` uses that may be traced. Leaves that are not
+    holds the values ``kernel`` uses that may be traced; ``stat_names`` the
+    statistics it returns. Leaves that are not
     matrices (``None`` specs, :class:`optax.MaskedNode`) and zero-size leaves
     pass through. Errors name ``fn``.
+
+    Returns:
+      The new tree, and the kernel's statistics: ``{name: (N,)}`` over the
+      :func:`matrix_count` matrices in tree order (the layers of a stacked
+      leaf in order), replicated.
     """
     mats = _collect(fn, tree, dimension_numbers)
     if not mats.leaves:
-        return mats.marked
+        return mats.marked, {n: jnp.zeros((0,), jnp.float32) for n in stat_names}
     if distributed is False:
         place = _in_place
     else:
@@ -376,18 +400,25 @@ def map_matrix_batches(
     def compute(*inputs):
         *arrays, dyn = inputs
         outs = place(kernel, mats, arrays, dyn)
-        return tuple(
+        leaves = tuple(
             v.from_batch(out).astype(x.dtype)
-            for v, out, x in zip(mats.views, outs, arrays)
+            for v, (out, _), x in zip(mats.views, outs, arrays)
         )
+        stats = {n: _concat([s[n] for _, s in outs]) for n in stat_names}
+        return leaves, stats
 
     if any(explicit_sharding(u) is not None for u in mats.leaves):
         shardings = tuple(jax.typeof(u).sharding for u in mats.leaves)
-        outs = _with_auto_axes(compute, mats.leaves, shardings, dynamic)
+        replicated = NamedSharding(shardings[0].mesh, PartitionSpec())
+        stat_shardings = {n: replicated for n in stat_names}
+        outs, stats = _with_auto_axes(
+            compute, mats.leaves, (shardings, stat_shardings), dynamic
+        )
     else:
-        outs = compute(*mats.leaves, dynamic)
-    return jax.tree.map(
+        outs, stats = compute(*mats.leaves, dynamic)
+    tree = jax.tree.map(
         lambda x: outs[x.index] if isinstance(x, _Slot) else x,
         mats.marked,
         is_leaf=lambda x: isinstance(x, _Slot),
     )
+    return tree, stats

@@ -1,6 +1,5 @@
 """Exact order statistics of ``|x|`` by radix selection on float bits, without sorting."""
 
-
 import math
 
 import jax

@@ -11,6 +11,7 @@ from root_optax import (
     _adamw,
     _clipping,
     _coefficients,
+    _diagnostics,
     _dimension_numbers,
     _momentum,
     _named_chain,
@@ -73,37 +74,45 @@ def direction_config(
     )
 
 
-def _direction_kernel(fn: str, config: DirectionConfig) -> _placement.Kernel:
-    """Clip (if configured), then Newton–Schulz, on one batch of matrices."""
+def _direction_kernel(fn: str, config: DirectionConfig, stats: bool):
+    """Clip (if configured), then Newton–Schulz, on one batch of matrices; with
+    ``stats``, also the :class:`~root_optax._diagnostics.MatrixStats` fields."""
     coefficients = config.newton_schulz.coefficients
 
     def kernel(batch, shape, dynamic):
         clip, newton_schulz = dynamic
-        if clip is not None:
-            batch = _clipping.clip_batch(batch, clip)
-        return _newton_schulz.newton_schulz_batch(
+        eps = None if clip is None else _clipping.thresholds(batch, clip)
+        values = _diagnostics.clip_stats(batch, eps) if stats else {}
+        if eps is not None:
+            batch = _clipping.clip_to(batch, eps)
+        out = _newton_schulz.newton_schulz_batch(
             batch, coefficients(fn, shape), newton_schulz
         )
+        if stats:
+            values["ns_residual"] = _diagnostics.ns_residual(out)
+        return out, values
 
     return kernel
 
 
 def direction(
-    fn: str, config: DirectionConfig, weight_dimension_numbers
+    fn: str, config: DirectionConfig, weight_dimension_numbers, *, stats=False
 ) -> optax.GradientTransformation:
     """Momentum, then clip and Newton–Schulz fused over batches of matrices.
 
-    A :func:`optax.named_chain` of ``"momentum"`` (:class:`MomentumState`) and
-    ``"orthogonalize"`` (stateless): the clip and the iteration share one pass
-    of :func:`root_optax._placement.map_matrix_batches`, in both placements.
+    A named chain of ``"momentum"`` (:class:`MomentumState`) and
+    ``"orthogonalize"`` (stateless, or :class:`MatrixStats` with ``stats``):
+    the clip and the iteration share one pass of
+    :func:`root_optax._placement.map_matrix_batches`, in both placements.
     """
     orthogonalize = _newton_schulz.matrix_transform(
         fn,
-        _direction_kernel(fn, config),
+        _direction_kernel(fn, config, stats),
         (config.clip, config.newton_schulz),
         weight_dimension_numbers,
         config.distributed,
         coefficients=config.newton_schulz,
+        stats=_diagnostics.MatrixStats if stats else None,
     )
     return _named_chain.named_chain(
         ("momentum", _momentum.momentum_transform(config.momentum)),
@@ -224,6 +233,7 @@ def root(
     ns_gram: bool = False,
     skip_nonfinite: bool = True,
     distributed: _placement.Distributed = False,
+    diagnostics: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""ROOT, the Robust Orthogonalized Optimizer, with AdamW for non-matrices.
 
@@ -298,9 +308,19 @@ def root(
       ``1 / devices`` of the Newton–Schulz FLOPs per device. For FSDP /
       tensor-parallel meshes with many matrices; see
       :func:`adaptive_newton_schulz`.
+    diagnostics: record per-matrix clip thresholds, clipped fractions,
+      Newton–Schulz residual estimates and update RMS in the state (read them
+      with :func:`diagnostics`); off by default (it costs a few reductions
+      and two matrix-vector products per matrix).
 
   Returns:
-    An :class:`optax.GradientTransformationExtraArgs`.
+    An :class:`optax.GradientTransformationExtraArgs` whose state is
+    :class:`SkipNonfiniteState` (unless ``skip_nonfinite=False``) around an
+    :class:`optax.PartitionState` with branches ``"root"`` (a dict
+    ``{"direction": {"momentum": MomentumState, "orthogonalize": ...},
+    "scale": ..., "stats": ...}``) and ``"adamw"`` (``{"adam":
+    ScaleByAdamState, "decay": ..., "lr": ...}``); ``optax.tree.get(state,
+    "momentum")`` finds the ROOT momentum.
 
   Raises:
     ValueError: an argument outside its domain (each message names it).
@@ -324,6 +344,7 @@ def root(
   """
     fn = "root"
     _validation.check_bool(fn, "skip_nonfinite", skip_nonfinite)
+    _validation.check_bool(fn, "diagnostics", diagnostics)
     config = direction_config(
         fn,
         beta=beta,
@@ -361,10 +382,13 @@ def root(
     matrix_dims = weight_dimension_numbers
     if matrix_dims is None:
         matrix_dims = MuonDimensionNumbers()
-    matrix_branch = _named_chain.named_chain(
-        ("direction", direction(fn, config, matrix_dims)),
+    parts = [
+        ("direction", direction(fn, config, matrix_dims, stats=diagnostics)),
         ("scale", _scaling.lr_transform(fn, scale, matrix_dims)),
-    )
+    ]
+    if diagnostics:
+        parts.append(("stats", _diagnostics.record_update_rms(fn, matrix_dims)))
+    matrix_branch = _named_chain.named_chain(*parts)
     tx = optax.partition(
         {"root": matrix_branch, "adamw": _adamw.adamw_branch(fn, adamw)},
         lambda params: _routing.labels(weight_dimension_numbers, params),
