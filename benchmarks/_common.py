@@ -267,3 +267,15 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def json_safe(x: Any, digits: int = 5) -> Any:
+    """``x`` with floats rounded to ``digits`` and NaN/Inf as ``None`` (JSON
+    null), so the file is strict JSON."""
+    if isinstance(x, dict):
+        return {k: json_safe(v, digits) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v, digits) for v in x]
+    if isinstance(x, float):
+        return round(x, digits) if math.isfinite(x) else None
+    return x

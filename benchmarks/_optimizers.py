@@ -24,6 +24,7 @@ OPTIMIZERS = {
     "root_muon_ns": "ROOT (Muon NS coeffs)",
     "muon": "Muon",
     "adamw": "AdamW",
+    "muon_root_recipe": "Muon (ROOT's recipe)",
 }
 """Display name of each variant."""
 
@@ -36,6 +37,12 @@ OPTIMIZER_DETAILS = {
     "muon": "optax.contrib.muon(lr_muon schedule), its Adam branch at lr_adamw "
     "(exactly the demo's)",
     "adamw": "optax.adamw(lr_adamw schedule), b1=0.9, b2=0.95 (exactly the demo's)",
+    "muon_root_recipe": "optax.contrib.muon(lr_root schedule) in ROOT's recipe: "
+    "fed ROOT's undampened Nesterov momentum (root_optax.momentum, beta=0.95; "
+    "muon's own beta=0, nesterov=False), ROOT's shape scale (consistent_rms=0.2, "
+    "i.e. 0.2*sqrt(max(m, n))), its Adam branch plain AdamW (b2=0.95) at the same "
+    "learning rate and decay; equal to ROOT with clip_quantile=None and "
+    "ns_coeffs='muon' up to rounding (tested)",
 }
 """What each variant is, for the reports."""
 
@@ -46,10 +53,48 @@ ABLATIONS = {
 """The ``root_optax.root`` arguments each ROOT ablation changes."""
 
 
+def muon_with_root_recipe(cfg: demo.Config) -> optax.GradientTransformation:
+    """``optax.contrib.muon`` in ROOT's recipe: only ROOT's mechanisms differ.
+
+    ROOT's undampened Nesterov momentum (:func:`root_optax.momentum`) feeds
+    ``optax.contrib.muon`` with ``beta=0, nesterov=False`` (so Muon adds no
+    momentum of its own and its Adam branch is plain AdamW, as ROOT's), its
+    shape scale is ROOT's (``consistent_rms=0.2``: ``0.2 sqrt(max(m, n))``),
+    and its Adam branch shares ROOT's learning rate and decay. (Muon's own
+    ``nesterov=True`` would also make its Adam branch NAdam, and its momentum
+    is bias-corrected.) Up to rounding this is
+    ``root(clip_quantile=None, ns_coeffs="muon")``.
+    """
+    dims = root_optax.matrix_dimension_numbers(demo.ADAMW_PARAMS)
+    is_matrix = lambda params: jax.tree.map(
+        lambda d: d is not None,
+        dims(params),
+        is_leaf=lambda d: (
+            d is None or isinstance(d, optax.contrib.MuonDimensionNumbers)
+        ),
+    )
+    return optax.chain(
+        optax.masked(root_optax.momentum(0.95, nesterov=True), is_matrix),
+        optax.contrib.muon(
+            demo.schedule(cfg.lr_root, cfg.steps, cfg.warmup_fraction),
+            beta=0.0,
+            nesterov=False,
+            consistent_rms=0.2,
+            weight_decay=cfg.weight_decay,
+            adam_b1=0.9,
+            adam_b2=0.95,
+            adam_weight_decay=cfg.weight_decay,
+            muon_weight_dimension_numbers=dims,
+        ),
+    )
+
+
 def make_optimizer(name: str, cfg: demo.Config) -> optax.GradientTransformation:
     """``name`` with ``cfg``'s schedule, learning rates, weight decay, routing."""
     if name in demo.OPTIMIZERS:
         return demo.make_optimizer(name, cfg)
+    if name == "muon_root_recipe":
+        return muon_with_root_recipe(cfg)
     if name not in ABLATIONS:
         raise ValueError(
             f"make_optimizer(name=...) got unknown optimizer {name!r}; expected one "
@@ -70,6 +115,18 @@ def learning_rate(name: str, cfg: demo.Config) -> dict[str, float]:
     if name == "adamw":
         return {"all": cfg.lr_adamw}
     return {"all": cfg.lr_root}
+
+
+SWEPT_LR = {
+    "root": "lr_root",
+    "root_noclip": "lr_root",
+    "root_muon_ns": "lr_root",
+    "muon_root_recipe": "lr_root",
+    "muon": "lr_muon",
+    "adamw": "lr_adamw",
+}
+"""The config field a learning-rate sweep of each variant changes (Muon as
+shipped keeps its Adam branch at ``lr_adamw``)."""
 
 
 def identical_coefficients(shapes: Sequence[Sequence[int]]) -> bool:

@@ -13,6 +13,7 @@ from typing import Any
 
 import _common
 import numpy as np
+from _common import json_safe  # noqa: F401  (re-exported for bench_robustness)
 from _noise import outlier_count
 from _optimizers import OPTIMIZERS
 
@@ -308,15 +309,3 @@ def plot(plt, setup, rows, runs):
     )
     fig.tight_layout()
     return fig
-
-
-def json_safe(x: Any, digits: int = 5) -> Any:
-    """``x`` with floats rounded to ``digits`` and NaN/Inf as ``None`` (JSON
-    null), so the file is strict JSON."""
-    if isinstance(x, dict):
-        return {k: json_safe(v, digits) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [json_safe(v, digits) for v in x]
-    if isinstance(x, float):
-        return round(x, digits) if math.isfinite(x) else None
-    return x

@@ -60,7 +60,13 @@ class Setup:
     config: demo.Config = MODEL
     seeds: tuple[int, ...] = (0, 1, 2)
     conditions: tuple[str, ...] = CONDITIONS
-    optimizers: tuple[str, ...] = tuple(OPTIMIZERS)
+    optimizers: tuple[str, ...] = (
+        "root",
+        "root_noclip",
+        "root_muon_ns",
+        "muon",
+        "adamw",
+    )
     noise: Noise = dataclasses.field(default_factory=Noise)
 
 
@@ -142,7 +148,11 @@ def _parser() -> argparse.ArgumentParser:
         help="number of seeds (0..N-1) or a comma-separated list (3)",
     )
     add("--conditions", default=",".join(CONDITIONS), help="subset, in this order")
-    add("--optimizers", default=",".join(OPTIMIZERS), help="subset, in this order")
+    add(
+        "--optimizers",
+        default=",".join(Setup().optimizers),
+        help="subset, in this order",
+    )
     add("--d-model", type=int, default=None, help=f"model width ({d.d_model})")
     add("--layers", type=int, default=None, help=f"blocks ({d.layers})")
     add("--heads", type=int, default=None, help=f"attention heads ({d.heads})")
