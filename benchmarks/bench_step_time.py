@@ -329,7 +329,7 @@ def main(argv=None) -> int:
         ],
         figure=None if plt is None else plot(plt, rows),
     )
-    print("wrote " + ", ".join(str(p.relative_to(_common.REPO_ROOT)) for p in paths))
+    print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
 
