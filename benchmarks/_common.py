@@ -279,3 +279,17 @@ def json_safe(x: Any, digits: int = 5) -> Any:
     if isinstance(x, float):
         return round(x, digits) if math.isfinite(x) else None
     return x
+
+
+def spread(values: Sequence[float | None]) -> dict[str, Any]:
+    """Mean, sample std, min and max of the finite values (and how many)."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return {"n": 0, "mean": None, "std": None, "min": None, "max": None}
+    return {
+        "n": len(finite),
+        "mean": float(np.mean(finite)),
+        "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0,
+        "min": float(np.min(finite)),
+        "max": float(np.max(finite)),
+    }

@@ -30,16 +30,6 @@ def _finite(values: Sequence[float]) -> list[float]:
     return [float(v) for v in values if v is not None and math.isfinite(v)]
 
 
-def spread(values: Sequence[float]) -> dict[str, Any]:
-    """Mean, sample std, min and max of the finite values (and how many)."""
-    ok = _finite(values)
-    if not ok:
-        return {"n": 0, "mean": None, "std": None, "min": None, "max": None}
-    std = float(np.std(ok, ddof=1)) if len(ok) > 1 else 0.0
-    return {"n": len(ok), "mean": float(np.mean(ok)), "std": std,
-            "min": min(ok), "max": max(ok)}  # fmt: skip
-
-
 def verdict(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
     """Paired seed-by-seed ``a - b`` and whether it exceeds the seed spread.
 
@@ -52,7 +42,7 @@ def verdict(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
         return {"diffs": diffs, "mean": None, "significant": False, "winner": None}
     mean = float(np.mean(diffs))
     same_sign = all(d < 0 for d in diffs) or all(d > 0 for d in diffs)
-    noise = max(spread(a)["std"], spread(b)["std"])
+    noise = max(_common.spread(a)["std"], _common.spread(b)["std"])
     significant = bool(same_sign and abs(mean) > noise)
     return {
         "diffs": diffs,
@@ -92,7 +82,9 @@ def _analyse_width(setup, width: dict[str, Any]) -> dict[str, Any]:
         c: {n: [r["final_valid_bpb"] for r in _final(runs, n, c)] for n in names}
         for c in conditions
     }
-    summary = {c: {n: spread(v) for n, v in final[c].items()} for c in conditions}
+    summary = {
+        c: {n: _common.spread(v) for n, v in final[c].items()} for c in conditions
+    }
     diverged = {
         c: {n: sum(r["diverged"] for r in _final(runs, n, c)) for n in names}
         for c in conditions

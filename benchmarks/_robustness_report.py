@@ -20,19 +20,6 @@ from _optimizers import OPTIMIZERS
 from root_optax import demo
 
 
-def _spread(values: Sequence[float]) -> dict[str, Any]:
-    finite = [v for v in values if math.isfinite(v)]
-    if not finite:
-        return {"n": 0, "mean": None, "std": None, "min": None, "max": None}
-    return {
-        "n": len(finite),
-        "mean": float(np.mean(finite)),
-        "std": float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0,
-        "min": float(np.min(finite)),
-        "max": float(np.max(finite)),
-    }
-
-
 def summarize(runs: Sequence[dict[str, Any]], setup) -> list[dict[str, Any]]:
     """One row per (condition, optimizer): spreads over seeds, divergences and
     the per-seed (paired) change of validation loss against ``clean``."""
@@ -54,11 +41,11 @@ def summarize(runs: Sequence[dict[str, Any]], setup) -> list[dict[str, Any]]:
                     "condition": condition,
                     "optimizer": name,
                     "runs": len(group),
-                    "valid_bpb": _spread([r["final_valid_bpb"] for r in group]),
-                    "train_bpb": _spread([r["final_train_bpb"] for r in group]),
+                    "valid_bpb": _common.spread([r["final_valid_bpb"] for r in group]),
+                    "train_bpb": _common.spread([r["final_train_bpb"] for r in group]),
                     "diverged": sum(r["diverged"] for r in group),
                     "skipped_steps": None if None in skipped else sum(skipped),
-                    "valid_delta_vs_clean": _spread(deltas) if deltas else None,
+                    "valid_delta_vs_clean": _common.spread(deltas) if deltas else None,
                 }
             )
     return rows

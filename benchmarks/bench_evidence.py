@@ -183,13 +183,12 @@ class Runner:
         step = self.trainer.train_step(tx)
         params = self.trainer.init_params(0)
         carry = [params, tx.init(params)]
-        fixed = (jnp.int32(0), jnp.int32(0), jnp.bool_(False), jnp.float32(0))
+        # Clean data: seed 0, step 0, no outlier, no heavy-tailed draws.
+        clean = (jnp.int32(0), jnp.int32(0), jnp.bool_(False), jnp.float32(0))
         draws = jnp.zeros(self.trainer.noise_size, jnp.float32)
 
         def thunk():
-            carry[0], carry[1], loss = step(
-                *carry, inputs, targets, *fixed[:2], fixed[2], fixed[3], draws
-            )
+            carry[0], carry[1], loss = step(*carry, inputs, targets, *clean, draws)
             return loss
 
         return thunk

@@ -76,14 +76,6 @@ def clip_stats(batch: jax.Array, eps: jax.Array | None) -> dict[str, jax.Array]:
     }
 
 
-def zeros(fn: str, params, dimension_numbers, names) -> dict[str, jax.Array]:
-    """``{name: zeros((N,))}`` for the matrices of ``params``."""
-    count = (
-        0 if params is None else _placement.matrix_count(fn, params, dimension_numbers)
-    )
-    return {n: jnp.zeros((count,), jnp.float32) for n in names}
-
-
 def record_update_rms(fn: str, dimension_numbers) -> optax.GradientTransformation:
     """Record :class:`UpdateStats` of the updates passing through (unchanged)."""
 
@@ -93,7 +85,11 @@ def record_update_rms(fn: str, dimension_numbers) -> optax.GradientTransformatio
         return batch, {"update_rms": rms}
 
     def init_fn(params):
-        return UpdateStats(**zeros(fn, params, dimension_numbers, UpdateStats._fields))
+        return UpdateStats(
+            **_placement.zero_statistics(
+                fn, params, dimension_numbers, UpdateStats._fields
+            )
+        )
 
     def update_fn(updates, state, params=None):
         del params, state

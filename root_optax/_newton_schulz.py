@@ -467,10 +467,11 @@ def matrix_transform(
             _dimension_numbers.check_fits(params, weight_dimension_numbers, fn)
         if stats is None:
             return optax.EmptyState()
-        count = 0
-        if params is not None:
-            count = _placement.matrix_count(fn, params, weight_dimension_numbers)
-        return stats(*(jnp.zeros((count,), jnp.float32) for _ in stat_names))
+        return stats(
+            **_placement.zero_statistics(
+                fn, params, weight_dimension_numbers, stat_names
+            )
+        )
 
     def update_fn(updates, state, params=None):
         del params

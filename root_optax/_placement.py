@@ -226,6 +226,18 @@ def _split(x: jax.Array, sizes: Sequence[int]) -> list[jax.Array]:
     return [x[a:b] for a, b in itertools.pairwise(bounds)]
 
 
+def _split_with_stats(
+    out: jax.Array, stats: dict[str, jax.Array], sizes: Sequence[int]
+) -> list[tuple[jax.Array, dict]]:
+    """``out`` and each ``(B,)`` statistic cut into consecutive ``sizes``."""
+    pieces = _split(out, sizes)
+    stat_pieces = {n: _split(v, sizes) for n, v in stats.items()}
+    return [
+        (piece, {n: v[k] for n, v in stat_pieces.items()})
+        for k, piece in enumerate(pieces)
+    ]
+
+
 def apply_by_shape(
     kernel: Kernel, parts: Sequence[jax.Array], keys: Sequence[Any], dynamic: Any
 ) -> list[tuple[jax.Array, dict]]:
@@ -245,10 +257,8 @@ def apply_by_shape(
         wide = _concat([_wide(parts[j], t) for j, t in zip(js, tall)])
         out, stats = kernel(wide, tuple(wide.shape[1:]), dynamic)
         sizes = [parts[j].shape[0] for j in js]
-        pieces = _split(out, sizes)
-        stat_pieces = {name: _split(v, sizes) for name, v in stats.items()}
-        for i, (j, t, piece) in enumerate(zip(js, tall, pieces)):
-            outs[j] = (_wide(piece, t), {n: v[i] for n, v in stat_pieces.items()})
+        for j, t, (piece, s) in zip(js, tall, _split_with_stats(out, stats, sizes)):
+            outs[j] = (_wide(piece, t), s)
     return outs
 
 
@@ -352,10 +362,10 @@ def _distributed(kernel: Kernel, mats: _Matrices, arrays, dynamic, mesh) -> list
             out = constrain(out, spec)
         stats = {n: constrain(v, PartitionSpec()) for n, v in stats.items()}
         sizes = [mats.views[i].batch for i in members]
-        pieces = _split(out[: sum(sizes)], sizes)
-        stat_pieces = {n: _split(v[: sum(sizes)], sizes) for n, v in stats.items()}
-        for k, (i, piece) in enumerate(zip(members, pieces)):
-            results[i] = (piece, {n: v[k] for n, v in stat_pieces.items()})
+        total = sum(sizes)  # drop the padding
+        stats = {n: v[:total] for n, v in stats.items()}
+        for i, result in zip(members, _split_with_stats(out[:total], stats, sizes)):
+            results[i] = result
     return results
 
 
@@ -363,6 +373,15 @@ def matrix_count(fn: str, tree: Any, dimension_numbers) -> int:
     """How many matrices :func:`map_matrix_batches` processes in ``tree`` (the
     length of its statistics vectors)."""
     return sum(v.batch for v in _collect(fn, tree, dimension_numbers).views)
+
+
+def zero_statistics(
+    fn: str, tree: Any, dimension_numbers, names: Sequence[str]
+) -> dict[str, jax.Array]:
+    """``{name: zeros((N,))}`` for the :func:`matrix_count` matrices of ``tree``
+    (``N = 0`` when ``tree`` is ``None``): the initial statistics state."""
+    count = 0 if tree is None else matrix_count(fn, tree, dimension_numbers)
+    return {n: jnp.zeros((count,), jnp.float32) for n in names}
 
 
 def map_matrix_batches(
