@@ -54,32 +54,41 @@ def _locate(hist: jax.Array, ranks: jax.Array) -> tuple[jax.Array, jax.Array]:
     return digit, jnp.sum(jnp.where(below, hist, 0), axis=-1, dtype=ranks.dtype)
 
 
-def _digit_histograms(bits, prefix, shift: int, width: int, batch_ndim: int, dtype):
-    """Per matrix and target, counts of each ``width``-bit digit below ``shift``.
+def _digit_histograms(
+    bits, prefix, shift, width: int, num_bits: int, batch_ndim: int, dtype
+):
+    """Per matrix and target, counts of each ``width``-bit digit at ``shift``.
 
     Only patterns whose higher bits equal the target's ``prefix`` (settled by the
-    previous passes) are counted; ``(*batch, 2)`` prefixes give ``(*batch, 2,
-    2**width)`` counts (of ``dtype``) from one scatter-add over all entries.
+    previous passes; all zero before the first) are counted; ``(*batch, 2)``
+    prefixes give ``(*batch, 2, 2**width)`` counts (of ``dtype``) from one
+    scatter-add over all entries. ``shift`` may be traced (one loop body serves
+    every pass).
     """
     batch = bits.shape[:batch_ndim]
     buckets = 1 << width
     index = ((bits >> shift) & (buckets - 1)).astype(jnp.int32)
-    first_pass = shift + width == bits.dtype.itemsize * 8 - 1  # no higher bits yet
-    if not first_pass:  # the first target's buckets, the second's, then the rest
-        high = bits >> (shift + width)
-        lead, follow = (_per_entry(p, bits.ndim) for p in jnp.unstack(prefix, axis=-1))
-        other = jnp.where(high == follow, index + buckets, 2 * buckets)
-        index = jnp.where(high == lead, index, other)
-    slots = buckets if first_pass else 2 * buckets + 1
+    # Patterns are non-negative below 2**num_bits: shifting by num_bits gives 0.
+    high = bits >> jnp.minimum(shift + width, num_bits).astype(bits.dtype)
+    lead, follow = (_per_entry(p, bits.ndim) for p in jnp.unstack(prefix, axis=-1))
+    # The first target's buckets, the second's, then one slot for the rest.
+    other = jnp.where(high == follow, index + buckets, 2 * buckets)
+    index = jnp.where(high == lead, index, other)
+    slots = 2 * buckets + 1
     if batch_ndim:  # one flat histogram for the batch: no batched scatter
         index = index + jax.lax.broadcasted_iota(jnp.int32, bits.shape, 0) * slots
     hist = jnp.zeros(math.prod(batch) * slots, dtype).at[index].add(1)
     hist = hist.reshape(batch + (slots,))
-    if first_pass:
-        return jnp.stack([hist, hist], axis=-2)
     lower, upper = hist[..., :buckets], hist[..., buckets:-1]
     same = (prefix[..., 0] == prefix[..., 1])[..., None]
     return jnp.stack([lower, jnp.where(same, lower, upper)], axis=-2)
+
+
+def _histogram_plan(num_bits: int, max_width: int) -> tuple[int, int]:
+    """``(passes, width)``: the fewest passes of at most ``max_width`` bits, all
+    of one width (so one loop body serves them), covering ``num_bits``."""
+    passes = -(-num_bits // max_width)
+    return passes, -(-num_bits // passes)
 
 
 def _histogram_select(bits, ranks, num_bits: int, batch_ndim: int) -> jax.Array:
@@ -88,19 +97,27 @@ def _histogram_select(bits, ranks, num_bits: int, batch_ndim: int) -> jax.Array:
     Each pass histograms the next digit of the patterns in each target's current
     bucket and moves the target into the bucket holding its rank, so both
     neighbours come out of the same passes (2 for float32 matrices of 2**20
-    entries or more). CPU choice: a scatter-add pass costs a few compare-and-sum
-    passes but settles up to 16 bits; on accelerators scatters contend or
-    serialize, so ``_counting_select`` serves them.
+    entries or more). The passes are one :func:`jax.lax.fori_loop`: compiled
+    once, whatever their number. CPU choice: a scatter-add pass costs a few
+    compare-and-sum passes but settles up to 16 bits; on accelerators scatters
+    contend or serialize, so ``_counting_select`` serves them.
     """
     batch = bits.shape[:batch_ndim]
     per_matrix = bits.size // max(math.prod(batch), 1)
+    passes, width = _histogram_plan(num_bits, _bucket_bits(per_matrix))
+
+    def one_pass(i, carry):
+        prefix, ranks = carry
+        shift = ((passes - 1 - i) * width).astype(bits.dtype)
+        hist = _digit_histograms(
+            bits, prefix, shift, width, num_bits, batch_ndim, ranks.dtype
+        )
+        digit, below = _locate(hist, ranks)
+        return (prefix << width) | digit.astype(bits.dtype), ranks - below
+
     prefix = jnp.zeros(batch + (2,), bits.dtype)
     ranks = jnp.broadcast_to(ranks, batch + (2,))
-    for shift, width in _digit_plan(num_bits, _bucket_bits(per_matrix)):
-        hist = _digit_histograms(bits, prefix, shift, width, batch_ndim, ranks.dtype)
-        digit, below = _locate(hist, ranks)
-        prefix = (prefix << width) | digit.astype(bits.dtype)
-        ranks = ranks - below
+    prefix, _ = jax.lax.fori_loop(0, passes, one_pass, (prefix, ranks))
     return prefix
 
 

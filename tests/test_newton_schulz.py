@@ -264,11 +264,34 @@ def test_default_precision_is_the_backends_and_highest_is_available():
     optax muon: one bf16 pass per product on TPU); "highest" asks for it."""
     x = jnp.ones((8, 32))
     dots, highest = _dot_precisions(lambda x: orthogonalize(x, "muon"), x)
-    assert dots == 15 and highest == 0
+    assert dots == 3 and highest == 0  # the loop body's three products
     dots, highest = _dot_precisions(
         lambda x: orthogonalize(x, "muon", ns_precision="highest"), x
     )
-    assert dots == 15 and highest >= 15
+    assert dots == 3 and highest >= 3
+
+
+@pytest.mark.parametrize(
+    "normalization, steps, dots",
+    [
+        ("frobenius", 5, 3),
+        ("frobenius", 1, 3),
+        ("schatten4", 5, 3 + 3),
+        ("schatten4", 2, 3 + 3),
+    ],
+)
+def test_steps_are_compiled_once(normalization, steps, dots):
+    """The iteration is one loop over the coefficient rows: its three products
+    appear once in the program, whatever the step count (a Schatten-4 first step
+    reuses the normalization's Gram product and runs before the loop)."""
+    x = jnp.ones((8, 32))
+    fn = lambda x: orthogonalize(
+        x,
+        np.tile(MUON_COEFFICIENTS, (steps, 1)),
+        ns_steps=steps,
+        ns_normalization=normalization,
+    )
+    assert _dot_precisions(fn, x)[0] == dots
 
 
 @pytest.mark.parametrize(

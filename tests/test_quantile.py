@@ -261,6 +261,17 @@ def test_digit_plans_cover_every_bit():
     assert _quantile._bucket_bits(1) == 8
 
 
+def test_histogram_passes_are_one_width_and_all_needed():
+    for num_bits in (15, 31, 63):
+        for max_width in range(8, 17):
+            passes, width = _quantile._histogram_plan(num_bits, max_width)
+            assert width <= max_width
+            assert passes * width >= num_bits > (passes - 1) * width
+            assert passes == -(-num_bits // max_width)  # no more than the fewest
+    assert _quantile._histogram_plan(31, 16) == (2, 16)
+    assert _quantile._histogram_plan(31, 14) == (3, 11)
+
+
 def test_selection_compiles_without_sort_while_jnp_quantile_sorts():
     x = jnp.ones((256, 512))
     ours = jax.jit(lambda x: abs_quantile(x, 0.9)).lower(x).as_text(dialect="hlo")
