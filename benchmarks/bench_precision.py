@@ -15,8 +15,10 @@ and their SVD taken wherever that is affordable (min dimension <= 1024;
 Marchenko–Pastur quantiles above), recorded momenta are the held-out seed 1.
 The errors are computed from the spectra (exact: Newton–Schulz acts on
 singular values only); the ``matrix_check`` section confirms that against
-float32 ``root_optax.orthogonalize`` on explicit matrices. Also measures the
-time of one on-demand fit.
+float32 ``root_optax.orthogonalize`` on explicit matrices. The ``bf16
+products`` section measures the same errors when every product is one bf16
+pass, as the default precision runs on TPU and GPU (``_bf16_products.py``).
+Also measures the time of one on-demand fit.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import argparse
 import sys
 import time
 
+import _bf16_products
 import _common  # first: puts the checkout's root_optax on sys.path
 import jax.numpy as jnp
 import numpy as np
@@ -298,6 +301,8 @@ def main() -> int:
     )
     comparison = reference_comparison()
     summary = targets(rows, timing)
+    low = _bf16_products.measure(shapes[:2] if args.quick else _bf16_products.SHAPES)
+    low_summary = _bf16_products.summary(low)
 
     headers = (
         ["shape", "grid", "family"]
@@ -378,7 +383,42 @@ def main() -> int:
         f"max {summary['fit_seconds_max']:.3f} s over the shapes (target < 0.5 s)"
         f"\n\n{met}"
     )
-    print(summary_md)
+    low_table = _common.markdown_table(
+        ["shape", "family", "config", "float32", "bf16 pass", "bf16 iterate"],
+        [
+            [
+                f"{r['shape'][0]}x{r['shape'][1]}",
+                r["family"],
+                r["config"],
+                f"{r['float32']:.4f}",
+                f"{r['bf16_pass']:.4f}",
+                f"{r['bf16_iterate']:.4f}",
+            ]
+            for r in low
+        ],
+    )
+    low_md = (
+        "Relative polar error against the float64 SVD polar factor when every "
+        "product is one bf16 pass (operands rounded to bfloat16, float32 "
+        "accumulation and iterate: what the default `ns_precision=None` runs on "
+        "TPU and on GPU with bf16/TF32 matmuls), next to exact float32 products "
+        "and to `ns_dtype=bfloat16` (iterate in bfloat16 too). Worst over the "
+        "rows: "
+        + "; ".join(
+            f"{name}: bf16-pass / float32 error {v['max_bf16_over_float32']:.3f}"
+            + (
+                f", bf16-pass error / Muon's {v['max_bf16_pass_over_muon']:.3f}"
+                if "max_bf16_pass_over_muon" in v
+                else ""
+            )
+            for name, v in low_summary.items()
+            if name != "max_self_check"
+        )
+        + f". The rendering with exact products matches `orthogonalize(..., "
+        f"ns_precision='highest')` to {low_summary['max_self_check']:.1e} "
+        "(relative).\n\n" + low_table
+    )
+    print(low_md)
     figure = None
     try:
         figure = plot(rows)
@@ -395,6 +435,7 @@ def main() -> int:
             "fit_timing": timing,
             "reference_comparison": comparison,
             "summary": summary,
+            "bf16_products": {"rows": low, "summary": low_summary},
         },
         sections=[
             ("Summary", summary_md),
@@ -407,6 +448,7 @@ def main() -> int:
             ),
             ("Errors and output singular-value ranges", table),
             ("Spectral formula vs float32 matrices", check_table),
+            ("Under bf16-pass products (the accelerator default)", low_md),
             ("Method", __doc__),
         ],
         figure=figure,
