@@ -15,8 +15,8 @@ from __future__ import annotations
 import sys
 
 from sphinx.application import Sphinx
-from sphinx.pycode import ModuleAnalyzer
 from sphinx.errors import PycodeError
+from sphinx.pycode import ModuleAnalyzer
 
 
 def _attribute_docs(module_name: str) -> dict[str, list[str]]:
