@@ -101,6 +101,7 @@ def measure(shapes=SHAPES, families=FAMILIES, seed: int = 0) -> list[dict]:
     for shape in shapes:
         for family in families:
             x = test_matrix(family, shape, rng)
+            xj = jnp.asarray(x)
             u, _, vt = np.linalg.svd(x.astype(np.float64), full_matrices=False)
             polar = u @ vt
             for name, kwargs in CONFIGS.items():
@@ -109,17 +110,17 @@ def measure(shapes=SHAPES, families=FAMILIES, seed: int = 0) -> list[dict]:
                     "bench_precision", kwargs["ns_coeffs"], shape, steps, norm
                 )
                 table = tuple(map(tuple, coeffs.tolist()))  # static, hashable
-                exact = run(jnp.asarray(x), table, norm, False)
-                bf16 = run(jnp.asarray(x), table, norm, True)
+                exact = run(xj, table, norm, False)
+                bf16 = run(xj, table, norm, True)
                 library = root_optax.orthogonalize(
-                    jnp.asarray(x),
+                    xj,
                     coeffs,
                     ns_steps=steps,
                     ns_normalization=norm,
                     ns_precision="highest",
                 )
                 low = root_optax.orthogonalize(
-                    jnp.asarray(x),
+                    xj,
                     coeffs,
                     ns_steps=steps,
                     ns_normalization=norm,
