@@ -270,3 +270,24 @@ def test_finite_gradients_with_an_overflowing_update_are_skipped_too():
     jax.tree.map(
         np.testing.assert_array_equal, new_state.inner_state, state.inner_state
     )
+
+
+@pytest.mark.parametrize(
+    "dtype", [jnp.float32, jnp.bfloat16, jnp.float16, jnp.complex64]
+)
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan, "complex"])
+def test_every_kind_of_nonfinite_entry_is_caught_under_jit(dtype, bad):
+    """The check (a sum of 0 * x per leaf) is exact for each dtype and kind of
+    non-finite entry, beside huge finite entries that must not count."""
+    if bad == "complex":
+        if dtype != jnp.complex64:
+            pytest.skip("an infinite imaginary part needs a complex dtype")
+        bad = complex(0.0, np.inf)
+    huge = float(jnp.finfo(dtype).max)
+    clean = {"x": jnp.full((3, 5), huge, dtype), "n": jnp.arange(3)}
+    dirty = {**clean, "x": clean["x"].at[1, 2].set(bad)}
+    tx = root_optax.skip_nonfinite(optax.identity())
+    state = tx.init(clean)
+    update = jax.jit(tx.update)
+    assert bool(update(clean, state)[1].last_finite)
+    assert not bool(update(dirty, state)[1].last_finite)
