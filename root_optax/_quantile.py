@@ -46,9 +46,37 @@ def _per_entry(v: jax.Array, ndim: int) -> jax.Array:
     return v.reshape(v.shape + (1,) * (ndim - v.ndim))
 
 
-def _locate(hist: jax.Array, ranks: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Bucket holding each 0-based rank, and how many entries lie below it."""
-    digit = jnp.sum(jnp.cumsum(hist, axis=-1) <= ranks[..., None], axis=-1)
+_EXACT_FLOAT32_COUNTS = 2**24
+"""Integer counts up to this are exact in float32, and so are their sums."""
+
+
+def _inclusive_cumsum(hist: jax.Array, max_total: int) -> jax.Array:
+    """``cumsum(hist, axis=-1)`` of non-negative counts summing to <= ``max_total``.
+
+    Below :data:`_EXACT_FLOAT32_COUNTS` as two small float32 products with
+    triangular ones (the bucket axis split ``a x b``: a cumsum within each row,
+    then each row's offset), exact since every partial sum is an integer below
+    2**24; XLA:CPU compiles and runs that faster than its cumulative-sum
+    reduce-window. Larger totals use :func:`jnp.cumsum`.
+    """
+    width = hist.shape[-1]
+    if max_total > _EXACT_FLOAT32_COUNTS or width < 4:
+        return jnp.cumsum(hist, axis=-1)
+    rows = 1 << ((width.bit_length() - 1) // 2)
+    grid = hist.astype(jnp.float32).reshape(hist.shape[:-1] + (rows, width // rows))
+    upper = lambda n, k: jnp.triu(jnp.ones((n, n), jnp.float32), k)
+    within = jnp.matmul(grid, upper(grid.shape[-1], 0), precision="highest")
+    offsets = jnp.matmul(within[..., -1], upper(rows, 1), precision="highest")
+    return (within + offsets[..., None]).reshape(hist.shape).astype(hist.dtype)
+
+
+def _locate(
+    hist: jax.Array, ranks: jax.Array, max_total: int
+) -> tuple[jax.Array, jax.Array]:
+    """Bucket holding each 0-based rank, and how many entries lie below it
+    (``max_total`` bounds each histogram's sum)."""
+    cumulative = _inclusive_cumsum(hist, max_total)
+    digit = jnp.sum(cumulative <= ranks[..., None], axis=-1)
     below = jax.lax.broadcasted_iota(digit.dtype, hist.shape, hist.ndim - 1)
     below = below < digit[..., None]
     return digit, jnp.sum(jnp.where(below, hist, 0), axis=-1, dtype=ranks.dtype)
@@ -112,7 +140,7 @@ def _histogram_select(bits, ranks, num_bits: int, batch_ndim: int) -> jax.Array:
         hist = _digit_histograms(
             bits, prefix, shift, width, num_bits, batch_ndim, ranks.dtype
         )
-        digit, below = _locate(hist, ranks)
+        digit, below = _locate(hist, ranks, per_matrix)
         return (prefix << width) | digit.astype(bits.dtype), ranks - below
 
     prefix = jnp.zeros(batch + (2,), bits.dtype)

@@ -272,6 +272,27 @@ def test_histogram_passes_are_one_width_and_all_needed():
     assert _quantile._histogram_plan(31, 14) == (3, 11)
 
 
+@pytest.mark.parametrize("width", [2, 4, 8, 11, 16])
+def test_histogram_cumsum_is_exact_up_to_float32_counts(rng, width):
+    """The CPU locate's cumsum (float32 products with triangular ones) equals
+    jnp.cumsum exactly whenever the totals stay within 2**24, with the largest
+    counts there are; above that it is jnp.cumsum itself."""
+    limit = _quantile._EXACT_FLOAT32_COUNTS
+    buckets = 1 << width
+    hist = rng.multinomial(limit, np.full(buckets, 1 / buckets), size=(3, 2))
+    hist[0, 0] = 0
+    hist[0, 0, -1] = limit  # everything in the last bucket
+    hist[1, 1] = 0
+    hist[1, 1, 0] = limit - 1  # and nearly everything in the first
+    hist = jnp.asarray(hist, jnp.int32)
+    got = jax.jit(lambda h: _quantile._inclusive_cumsum(h, limit))(hist)
+    np.testing.assert_array_equal(np.asarray(got), np.cumsum(np.asarray(hist), -1))
+    assert int(got.max()) == limit
+    big = jax.jit(lambda h: _quantile._inclusive_cumsum(h, limit + 1))
+    text = big.lower(hist).as_text()
+    assert "dot_general" not in text
+
+
 def test_selection_compiles_without_sort_while_jnp_quantile_sorts():
     x = jnp.ones((256, 512))
     ours = jax.jit(lambda x: abs_quantile(x, 0.9)).lower(x).as_text(dialect="hlo")
