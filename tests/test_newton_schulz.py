@@ -1,5 +1,7 @@
 """Newton–Schulz: exact agreement with the SVD form, orientation, batching, dtypes."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +10,7 @@ from optax.contrib import MuonDimensionNumbers
 
 import root_optax
 import root_optax.coefficients
-from root_optax import MUON_COEFFICIENTS, REFERENCE_TABLE, orthogonalize
+from root_optax import MUON_COEFFICIENTS, REFERENCE_TABLE, _newton_schulz, orthogonalize
 
 
 def svd_newton_schulz(x, coeffs, eps=1e-7):
@@ -306,3 +308,26 @@ def test_bad_newton_schulz_options(kwargs, error, shown):
     with pytest.raises(error, match=r"adaptive_newton_schulz\(") as info:
         root_optax.adaptive_newton_schulz(**kwargs)
     assert shown in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"ns_normalization": "schatten4"}, {"ns_gram": True, "ns_steps": 4}],
+)
+def test_cpu_batches_run_one_matrix_at_a_time(rng, monkeypatch, kwargs):
+    """On CPU a batch is a loop over its matrices (XLA:CPU's batched products
+    are slower): each result is bit-identical to orthogonalizing that matrix
+    alone, and within float32 rounding of the batched form accelerators run."""
+    x = jnp.asarray(rng.standard_normal((6, 16, 40)), jnp.float32)
+    run = jax.jit(lambda x: orthogonalize(x, **kwargs))
+    text = run.lower(x).as_text()
+    assert "stablehlo.while" in text
+    assert re.search(r"dot_general.*tensor<16x40xf32>", text)
+    assert not re.search(r"dot_general.*tensor<6x16x40xf32>", text)
+    got = run(x)
+    for i in range(len(x)):
+        np.testing.assert_array_equal(got[i], jax.jit(run)(x[i]))
+    monkeypatch.setattr(_newton_schulz, "CPU_ONE_AT_A_TIME", False)
+    batched = jax.jit(lambda x: orthogonalize(x, **kwargs))
+    assert not re.search(r"dot_general.*tensor<16x40xf32>", batched.lower(x).as_text())
+    np.testing.assert_allclose(got, batched(x), atol=2e-6)
