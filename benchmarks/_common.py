@@ -234,7 +234,7 @@ def write_results(
       figure: a Matplotlib figure to save as PNG, or ``None``.
 
     Returns:
-      The paths written.
+      The paths written (also printed, relative to the repository).
     """
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     paths = [RESULTS_DIR / f"{name}.json", RESULTS_DIR / f"{name}.md"]
@@ -253,6 +253,7 @@ def write_results(
     else:
         png.unlink(missing_ok=True)  # never leave a plot from an older run
     paths[1].write_text("\n".join(body))
+    print("wrote " + ", ".join(str(p.relative_to(REPO_ROOT)) for p in paths))
     return paths
 
 

@@ -336,7 +336,7 @@ def main() -> int:
     )
     plt = None if args.no_plot else _common.pyplot()
     figure = None if plt is None else _plot(plt, results)
-    paths = _common.write_results(
+    _common.write_results(
         "bench_distributed",
         title="root(distributed=True) vs the sharded root() step, 8 CPU devices",
         env=env,
@@ -360,7 +360,6 @@ def main() -> int:
         ],
         figure=figure,
     )
-    print("wrote " + ", ".join(str(p.relative_to(_common.REPO_ROOT)) for p in paths))
     return 0
 
 

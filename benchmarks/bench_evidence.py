@@ -288,7 +288,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("--quick: no files written.")
         return 0
     plt = None if args.no_plot else _common.pyplot()
-    paths = _common.write_results(
+    _common.write_results(
         "bench_evidence",
         title="Evidence: ROOT vs Muon vs AdamW, tuned, with ablations",
         env=env,
@@ -304,7 +304,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         sections=report.sections(setup, results, wall),
         figure=None if plt is None else report.plot(plt, setup, results),
     )
-    print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
 

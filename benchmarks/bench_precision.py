@@ -424,7 +424,7 @@ def main() -> int:
         figure = plot(rows)
     except ImportError:
         print("matplotlib not installed: no plot", file=sys.stderr)
-    paths = _common.write_results(
+    _common.write_results(
         "bench_precision",
         title="Orthogonalization precision: fitted coefficients vs Muon and the authors'",
         env=env,
@@ -453,7 +453,6 @@ def main() -> int:
         ],
         figure=figure,
     )
-    print("wrote", *paths)
     return 0 if all(summary["met"].values()) else 1
 
 

@@ -317,7 +317,7 @@ def main() -> int:
     if stacks:
         sections.append(("Stacks of matrices", tables[1]))
     sections += [("Verdict", verdict), ("Method", _notes(args))]
-    paths = _common.write_results(
+    _common.write_results(
         "bench_quantile",
         title="abs_quantile vs jnp.quantile and Newton–Schulz",
         env=env,
@@ -337,7 +337,6 @@ def main() -> int:
         sections=sections,
         figure=figure,
     )
-    print("wrote " + ", ".join(str(p.relative_to(_common.REPO_ROOT)) for p in paths))
     if checks and not all(checks.values()):
         print(f"FAILED: {verdict}", file=sys.stderr)
         return 1

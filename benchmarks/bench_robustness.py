@@ -313,8 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quick:
         print("--quick: no files written.")
         return 0
-    paths = _write(setup, args, env, trainer, runs, rows, omitted, wall)
-    print("wrote " + ", ".join(str(p.relative_to(_common.REPO_ROOT)) for p in paths))
+    _write(setup, args, env, trainer, runs, rows, omitted, wall)
     return 0
 
 

@@ -311,7 +311,7 @@ def main(argv=None) -> int:
         "(its polar error is in bench_precision)."
     )
     plt = None if args.no_plot else _common.pyplot()
-    paths = _common.write_results(
+    _common.write_results(
         args.name,
         title="root() vs optax.contrib.muon: step and compile time",
         env=env,
@@ -329,7 +329,6 @@ def main(argv=None) -> int:
         ],
         figure=None if plt is None else plot(plt, rows),
     )
-    print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
 
