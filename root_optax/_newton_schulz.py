@@ -395,7 +395,9 @@ def adaptive_newton_schulz(
     :func:`orthogonalize`'s iteration with the coefficients for
     :math:`(\min(m, n), \max(m, n))`. Coefficients are resolved once per shape
     at trace time and are compile-time constants. The matrices of one wide shape
-    (tall ones transposed) are orthogonalized as one batch.
+    (tall ones transposed) are orthogonalized as one batch: batched products on
+    accelerators, one matrix after the other in one loop on CPU (where XLA's
+    batched products are slower).
 
     Sharded matrices (:class:`jax.sharding.NamedSharding`, Auto or Explicit mesh
     axes) work as they are and keep their shardings. By default each batch is
