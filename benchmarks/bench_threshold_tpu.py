@@ -8,7 +8,10 @@ A roofline time per program is ``max(FLOPs / peak, bytes / bandwidth)`` with
 v5e's published per-chip figures (197 TFLOP/s bf16, 819 GB/s HBM); the ratio of
 the threshold's roofline time to the 5-step Newton–Schulz's says how much of the
 iteration's time the threshold costs on a memory-bound accelerator (a lower
-bound for the threshold: real kernels do not reach the roofline).
+bound for the threshold: real kernels do not reach the roofline). The bytes are
+``cost_analysis()``'s count, which can exceed the HBM traffic: the compiled
+float32 selection is 9 multi-output passes over the data (8 counting passes of
+15 pivots and one masked minimum), where the bytes amount to 13 reads.
 
 Newton–Schulz FLOPs and bytes are 5 x (a 2-step unrolled probe - a 1-step one;
 Schatten-4 normalization, so that neither has a loop), since
