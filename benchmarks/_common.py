@@ -253,7 +253,10 @@ def write_results(
     else:
         png.unlink(missing_ok=True)  # never leave a plot from an older run
     paths[1].write_text("\n".join(body))
-    print("wrote " + ", ".join(str(p.relative_to(REPO_ROOT)) for p in paths))
+    shown = [
+        p.relative_to(REPO_ROOT) if p.is_relative_to(REPO_ROOT) else p for p in paths
+    ]
+    print("wrote " + ", ".join(map(str, shown)))
     return paths
 
 

@@ -803,20 +803,15 @@ def _plot(plt, results, args, superseded=()):
     for limit in sorted({r["result"].get("timeout_s", args.timeout) for r in results}):
         axes[0].axhline(limit, color="k", lw=0.6, ls=":")
     axes[0].set(
-        xscale="log",
-        yscale="log",
-        xlabel="chips (TPU v5e)",
         ylabel="lower + compile (s)",
         title="compile time of one update (x: timed out; dotted: timeouts)",
     )
     axes[1].set(
-        xscale="log",
-        yscale="log",
-        xlabel="chips (TPU v5e)",
         ylabel="Newton–Schulz GFLOP per device",
         title="per-device Newton–Schulz FLOPs (5 x the one-step probe)",
     )
     for ax in axes:
+        ax.set(xscale="log", yscale="log", xlabel="chips (TPU v5e)")
         ax.set_xticks(chips, [str(n) for n in chips])
         ax.minorticks_off()
         ax.grid(alpha=0.3, which="both")
