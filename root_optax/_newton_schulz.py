@@ -414,7 +414,10 @@ def adaptive_newton_schulz(
     move of each matrix to its owner and back per step instead of gathers at
     every iteration. Under explicit axes the moves are all-to-alls over one
     mesh axis at a time (never a gather) and the updates come back in exactly
-    the params' shardings; under Auto axes the compiler chooses both.
+    the params' shardings; under Auto axes the compiler chooses both. A mesh
+    axis of more than 64 devices moves as factors (a 256-chip axis as two
+    all-to-alls over 16): libtpu compiles one all-to-all over 256 chips in
+    about 11 s, each over 16 in well under 1 s.
 
     Use it for FSDP or tensor-parallel meshes with many matrices: at least as
     many of each shape as devices, ideally a multiple (the padding matrices are
