@@ -274,19 +274,24 @@ def _unknown_route(refined: _Refined) -> list[PartitionSpec]:
     """Shardings that take a stack of unknown layout (Auto axes) to whole
     matrices per device.
 
-    The sub-axes of each split mesh axis join the batch one at a time, minor
-    first, with the matrix dimensions left to the compiler: from a matrix
-    sharded over that axis each step is then one all-to-all over a sub-axis
-    (asked for all at once, XLA moves it in one all-to-all over the whole
-    axis). The last entry shards the batch over every mesh axis.
+    With a split mesh axis: first the batch unsharded (the stack as
+    concatenated, its matrices sharded as the compiler likes), then the
+    sub-axes join the batch one at a time, minor first, the matrix dimensions
+    left to the compiler; from a matrix sharded over that axis each step is one
+    all-to-all over a sub-axis. (Asked for the batch split all at once, XLA
+    moves it in one all-to-all over the whole axis; without the first step it
+    gathers the leaves to concatenate them.) The last entry shards the batch
+    over every mesh axis; it is the only one when no axis is split.
     """
     free = PartitionSpec.UNCONSTRAINED
-    batch, specs = [], []
+    batch, specs = [], [PartitionSpec(None, free, free)]
     for subs in refined.parts.values():
         if len(subs) > 1:
             for sub in reversed(subs):
                 batch.append(sub)
                 specs.append(PartitionSpec(tuple(batch), free, free))
+    if not batch:
+        specs = []
     batch += [a for a in refined.mesh.axis_names if a not in batch]
     return specs + [_spec(batch)]
 

@@ -548,11 +548,18 @@ def test_refined_mesh_keeps_the_device_order(monkeypatch):
     del x
 
 
+def test_unknown_layout_without_split_axes_goes_straight_to_the_batch():
+    mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
+    route = _placement._unknown_route(_placement._refine(mesh))
+    assert route == [P(("data", "model"), None, None)]
+
+
 def test_unknown_layout_moves_sub_axes_minor_first(monkeypatch):
     monkeypatch.setattr(_placement, "_MAX_ALL_TO_ALL_GROUP", 2)
     mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
     free = P.UNCONSTRAINED
     assert _placement._unknown_route(_placement._refine(mesh)) == [
+        P(None, free, free),
         P(("model#1",), free, free),
         P(("model#1", "model#0"), free, free),
         P(("model#1", "model#0", "data"), None, None),
