@@ -21,8 +21,9 @@ Leaves sharded over explicit mesh axes run inside :func:`jax.sharding.auto_axes`
 shardings. Under explicit axes the distributed moves are all-to-alls over one
 mesh axis at a time, never gathers; a mesh axis of more than
 :data:`_MAX_ALL_TO_ALL_GROUP` devices is split into sub-axes first (the same
-devices in the same order) and moved one sub-axis at a time, under Auto axes
-too (the compiler is steered through the same steps).
+devices in the same order) and moved one sub-axis at a time. Under Auto axes
+(layouts unknown while tracing) the compiler is steered through the same
+one-axis-at-a-time steps (:func:`_unknown_route`).
 """
 
 import itertools
