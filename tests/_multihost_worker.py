@@ -21,6 +21,7 @@ from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import root_optax
+from root_optax import _placement
 
 STEPS = 5
 NAN_STEP = 2  # this step's gradients get a NaN: root() must skip it everywhere
@@ -165,11 +166,21 @@ def train(layout=None, steps=STEPS, **root_kwargs):
     data are laid out on the global mesh of ``LAYOUTS[layout]``. Returns the
     final (params, opt_state, loss).
     """
-    opt = make_root(layout, **root_kwargs)
-    params, opt_state, batch, shardings = setup(opt, layout)
-    step = make_step(opt, shardings)
-    for i in range(steps):
-        params, opt_state, loss = step(params, opt_state, batch, i)
+    # "max_all_to_all_group": split mesh axes above this many devices into
+    # sub-axes for the distributed moves (the pod path, on 8 CPU devices).
+    group = root_kwargs.pop("max_all_to_all_group", _placement._MAX_ALL_TO_ALL_GROUP)
+    default_group, _placement._MAX_ALL_TO_ALL_GROUP = (
+        _placement._MAX_ALL_TO_ALL_GROUP,
+        group,
+    )
+    try:
+        opt = make_root(layout, **root_kwargs)
+        params, opt_state, batch, shardings = setup(opt, layout)
+        step = make_step(opt, shardings)
+        for i in range(steps):
+            params, opt_state, loss = step(params, opt_state, batch, i)
+    finally:
+        _placement._MAX_ALL_TO_ALL_GROUP = default_group
     return params, opt_state, loss
 
 

@@ -43,7 +43,15 @@ TIMEOUT_S = 240
 # root() keyword arguments); "mesh" stands for the layout's mesh (see
 # _multihost_worker.make_root).
 DEFAULT_CONFIGS = {"fsdp": ("fsdp", {}), "2d": ("2d", {})}
-DISTRIBUTED_CONFIGS = {"2d-distributed": ("2d", {"distributed": "mesh"})}
+DISTRIBUTED_CONFIGS = {
+    "2d-distributed": ("2d", {"distributed": "mesh"}),
+    # Mesh axes split into 2-device sub-axes, as a 256-chip axis is into 16s:
+    # sub-axes that span both processes.
+    "fsdp-distributed-factored": (
+        "fsdp",
+        {"distributed": "mesh", "max_all_to_all_group": 2},
+    ),
+}
 HAS_DISTRIBUTED = "distributed" in inspect.signature(root_optax.root).parameters
 
 
@@ -192,8 +200,9 @@ def test_two_processes_match_one_device(tmp_path):
     not HAS_DISTRIBUTED, reason="this root() has no distributed= option"
 )
 def test_two_processes_distributed_match_one_device(tmp_path):
-    """root(distributed=mesh) on a 2 x 4 mesh, across 2 processes: each matrix
-    orthogonalized whole on its owner device, wherever its shards came from."""
+    """root(distributed=mesh) on a 2 x 4 mesh and on 8-way FSDP moved over
+    2-device sub-axes, across 2 processes: each matrix orthogonalized whole on
+    its owner device, wherever its shards came from."""
     results = _run(tmp_path, DISTRIBUTED_CONFIGS)
     want = _reference()
     for name in DISTRIBUTED_CONFIGS:
