@@ -168,10 +168,9 @@ def train(layout=None, steps=STEPS, **root_kwargs):
     """
     # "max_all_to_all_group": split mesh axes above this many devices into
     # sub-axes for the distributed moves (the pod path, on 8 CPU devices).
-    group = root_kwargs.pop("max_all_to_all_group", _placement._MAX_ALL_TO_ALL_GROUP)
-    default_group, _placement._MAX_ALL_TO_ALL_GROUP = (
-        _placement._MAX_ALL_TO_ALL_GROUP,
-        group,
+    default_group = _placement._MAX_ALL_TO_ALL_GROUP
+    _placement._MAX_ALL_TO_ALL_GROUP = root_kwargs.pop(
+        "max_all_to_all_group", default_group
     )
     try:
         opt = make_root(layout, **root_kwargs)
