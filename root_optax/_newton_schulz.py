@@ -263,10 +263,17 @@ def newton_schulz_batch(
         x, gram = _normalize(batch, config, compute_dtype)
         return form(x, gram, coeffs, config.precision).astype(batch.dtype)
 
+    def one_at_a_time(batch):
+        # Written back into the batch's own buffer: a lax.map would first
+        # fill a fresh output array with zeros (a full pass over memory).
+        def body(i, batch):
+            matrix = jax.lax.dynamic_slice_in_dim(batch, i, 1)
+            return jax.lax.dynamic_update_slice_in_dim(batch, run(matrix), i, 0)
+
+        return jax.lax.fori_loop(0, batch.shape[0], body, batch)
+
     if batch.shape[0] > 1 and CPU_ONE_AT_A_TIME:
-        return jax.lax.platform_dependent(
-            batch, cpu=lambda b: jax.lax.map(lambda m: run(m[None])[0], b), default=run
-        )
+        return jax.lax.platform_dependent(batch, cpu=one_at_a_time, default=run)
     return run(batch)
 
 
@@ -276,7 +283,7 @@ CPU_ONE_AT_A_TIME = True
 XLA:CPU runs batched matrix products well below the speed of the same
 products one by one (1.3-1.6x slower for batches of 128 x 128 to 512 x 2048
 float32 matrices on 2 cores; ``benchmarks/bench_step_time.py``), so on CPU a
-batch is a :func:`jax.lax.map` over its matrices (one compiled body);
+batch is a :func:`jax.lax.fori_loop` over its matrices (one compiled body);
 accelerators keep the batched products, which fill them better. Read at trace
 time. ``cost_analysis()`` counts a loop body once, so FLOP counts of CPU
 programs see one matrix per batch: tests comparing FLOPs switch this off.

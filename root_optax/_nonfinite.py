@@ -25,17 +25,18 @@ class SkipNonfiniteState(NamedTuple):
 def _all_finite(tree: Any) -> jax.Array:
     r"""Whether every floating (or complex) entry of ``tree`` is finite.
 
-    Computed as :math:`\sum_i 0 \cdot x_i = 0`: :math:`0 \cdot x` is zero for
+    Computed as :math:`\sum_i (x_i - x_i) = 0`: :math:`x - x` is zero for
     every finite :math:`x` and NaN for :math:`\pm\infty` and NaN, so one float
     sum per leaf decides it, exactly (the sum of zeros cannot overflow). Same
     answer as ``all(isfinite(x))``, but XLA compiles a plain float sum faster
-    than a boolean reduction of ``isfinite`` (per leaf, on CPU about half the
-    compile time of the check).
+    than a boolean reduction of ``isfinite``, and unlike ``0 * x`` it needs no
+    constant operand, which XLA:CPU's reduction fusions materialize as a
+    zero-filled array the size of the leaf.
     """
     leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
     if not leaves:
         return jnp.asarray(True)
-    total = sum(jnp.sum(x * 0) for x in leaves)
+    total = sum(jnp.sum(x - x) for x in leaves)
     return total == 0
 
 
@@ -49,7 +50,10 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
     ``skipped`` counts the event so it can be logged. Unlike
     :func:`optax.apply_if_finite`, a non-finite update is never applied, however
     many steps in a row are skipped. The check is one global reduction, also
-    under sharding.
+    under sharding. A skipped step is computed like any other and then
+    dropped (one select per leaf, fused into the code that writes it), so
+    non-finite values can appear in its discarded intermediates, never in
+    what it returns.
 
     Args:
       inner: the transformation to protect.
@@ -84,31 +88,21 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
     inner_update = optax.with_extra_args_support(inner).update
 
     def update_fn(updates, state, params=None, **extra_args):
-        # The step runs under lax.cond: a skipped step computes nothing (no NaN
-        # is ever computed into a value, which keeps debug_nans quiet), and no
-        # select over every state leaf is needed.
-        out_types = jax.eval_shape(
-            inner_update, updates, state.inner_state, params, **extra_args
-        )[0]
-
-        def skip():
-            zeros = jax.tree.map(
-                lambda t, g: jnp.zeros_like(g, dtype=t.dtype), out_types, updates
-            )
-            return zeros, state.inner_state, jnp.asarray(False)
-
-        def step():
-            new_updates, new_inner = inner_update(
-                updates, state.inner_state, params, **extra_args
-            )
-            # Finite gradients can still give a non-finite step (an overflow
-            # inside the inner transformation): that step is skipped too.
-            ok = _all_finite(new_updates)
-            return jax.lax.cond(ok, lambda: (new_updates, new_inner, ok), skip)
-
-        new_updates, new_inner, applied = jax.lax.cond(_all_finite(updates), step, skip)
+        # The step is always computed and then kept or dropped by a select per
+        # leaf (fused into the leaf's last loop). A lax.cond around the step
+        # made XLA copy every state buffer through the conditional and compile
+        # the step as a branch: on a stacked 12-layer d=512 model that cost
+        # about 20% of Muon's step time, selects cost nothing measurable.
+        new_updates, new_inner = inner_update(
+            updates, state.inner_state, params, **extra_args
+        )
+        # Finite gradients can still give a non-finite step (an overflow
+        # inside the inner transformation): that step is skipped too.
+        applied = _all_finite(updates) & _all_finite(new_updates)
+        keep = lambda new, old: jnp.where(applied, new, old).astype(new.dtype)
+        new_updates = jax.tree.map(lambda u: keep(u, jnp.zeros_like(u)), new_updates)
         return new_updates, SkipNonfiniteState(
-            inner_state=new_inner,
+            inner_state=jax.tree.map(keep, new_inner, state.inner_state),
             skipped=state.skipped + (~applied).astype(jnp.int32),
             last_finite=applied,
         )
