@@ -309,4 +309,5 @@ def test_the_skip_is_a_select_not_a_conditional():
     grads = {"w": jnp.ones((4, 16, 8)).at[1, 2, 3].set(jnp.nan), "b": jnp.ones(8)}
     new_params, state, updates = step(params, opt.init(params), grads)
     assert_trees_equal(new_params, params)
+    assert_trees_equal(updates, jax.tree.map(jnp.zeros_like, params))
     assert int(state.skipped) == 1
