@@ -300,7 +300,11 @@ def test_the_skip_is_a_select_not_a_conditional():
     model; bench_step_time measures it)."""
     params = {"w": jnp.zeros((4, 16, 8)), "b": jnp.zeros(8)}
     opt = root_optax.root(
-        0.02, weight_dimension_numbers={"w": root_optax.MuonDimensionNumbers(-2, -1), "b": None}
+        0.02,
+        weight_dimension_numbers={
+            "w": root_optax.MuonDimensionNumbers(-2, -1),
+            "b": None,
+        },
     )
     step = make_step(opt)
     hlo = step.lower(params, opt.init(params), params).compile().as_text()
