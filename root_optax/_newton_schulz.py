@@ -263,18 +263,38 @@ def newton_schulz_batch(
         x, gram = _normalize(batch, config, compute_dtype)
         return form(x, gram, coeffs, config.precision).astype(batch.dtype)
 
+    return one_at_a_time_on_cpu(lambda b: (run(b), {}), batch)[0]
+
+
+def one_at_a_time_on_cpu(fn, batch: jax.Array):
+    """``fn(batch)``, on CPU as a loop over the batch's matrices.
+
+    ``fn`` maps a ``(k, m, n)`` batch to ``(out, stats)``: ``out`` of the
+    batch's shape and dtype, ``stats`` a dict of ``(k,)`` arrays. On CPU (with
+    :data:`CPU_ONE_AT_A_TIME`, for more than one matrix) each matrix runs on
+    its own and its result is written back into the batch's buffer (a
+    ``lax.map`` would first fill a fresh output with zeros): the working set
+    of one matrix stays in cache. Elsewhere ``fn`` sees the whole batch.
+    """
+    if batch.shape[0] <= 1 or not CPU_ONE_AT_A_TIME:
+        return fn(batch)
+    stat_types = jax.eval_shape(fn, batch[:1])[1]
+
     def one_at_a_time(batch):
-        # Written back into the batch's own buffer: a lax.map would first
-        # fill a fresh output array with zeros (a full pass over memory).
-        def body(i, batch):
-            matrix = jax.lax.dynamic_slice_in_dim(batch, i, 1)
-            return jax.lax.dynamic_update_slice_in_dim(batch, run(matrix), i, 0)
+        stats = {k: jnp.zeros(batch.shape[:1], t.dtype) for k, t in stat_types.items()}
 
-        return jax.lax.fori_loop(0, batch.shape[0], body, batch)
+        def body(i, carry):
+            batch, stats = carry
+            out, values = fn(jax.lax.dynamic_slice_in_dim(batch, i, 1))
+            stats = {
+                k: jax.lax.dynamic_update_slice_in_dim(v, values[k], i, 0)
+                for k, v in stats.items()
+            }
+            return jax.lax.dynamic_update_slice_in_dim(batch, out, i, 0), stats
 
-    if batch.shape[0] > 1 and CPU_ONE_AT_A_TIME:
-        return jax.lax.platform_dependent(batch, cpu=one_at_a_time, default=run)
-    return run(batch)
+        return jax.lax.fori_loop(0, batch.shape[0], body, (batch, stats))
+
+    return jax.lax.platform_dependent(batch, cpu=one_at_a_time, default=fn)
 
 
 CPU_ONE_AT_A_TIME = True

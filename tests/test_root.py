@@ -153,3 +153,34 @@ def test_mu_dtype_reaches_both_branches(mu_dtype):
     adam_mu = optax.tree.get(inner, "adam").mu["b"]
     want = jnp.float32 if mu_dtype is None else mu_dtype
     assert root_mu.dtype == want and adam_mu.dtype == want
+
+
+def test_cpu_clip_of_large_matrices_needs_no_batch_sized_temporaries(monkeypatch):
+    """Matrices of >= 2**18 entries are clipped one at a time inside the
+    Newton–Schulz loop on CPU: the clip adds no batch-sized temporaries
+    (patterns, histogram indices) to the compiled step, and the update equals
+    the batched clip's."""
+    from root_optax import _root
+
+    rng = np.random.default_rng(0)
+    params = {"w": jnp.asarray(rng.standard_normal((8, 512, 512)), jnp.float32)}
+    grads = {"w": jnp.asarray(rng.standard_normal((8, 512, 512)), jnp.float32)}
+    dims = {"w": MuonDimensionNumbers(-2, -1)}
+
+    def compiled(clip):
+        opt = root_optax.root(1e-3, clip_quantile=clip, weight_dimension_numbers=dims)
+        step = jax.jit(lambda p, s, g: opt.update(g, s, p)[0])
+        state = opt.init(params)
+        program = step.lower(params, state, grads).compile()
+        return program.memory_analysis().temp_size_in_bytes, program(
+            params, state, grads
+        )
+
+    no_clip, _ = compiled(None)
+    per_matrix, update = compiled(0.9)
+    monkeypatch.setattr(_root, "CPU_CLIP_PER_MATRIX_ENTRIES", 2**40)
+    batched, batched_update = compiled(0.9)
+    batch_bytes = params["w"].nbytes
+    assert per_matrix - no_clip < batch_bytes / 8  # at most one matrix's worth
+    assert batched - no_clip >= batch_bytes  # what the per-matrix form avoids
+    np.testing.assert_allclose(update["w"], batched_update["w"], rtol=1e-6, atol=1e-7)
