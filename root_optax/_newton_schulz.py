@@ -278,21 +278,14 @@ def one_at_a_time_on_cpu(fn, batch: jax.Array):
     """
     if batch.shape[0] <= 1 or not CPU_ONE_AT_A_TIME:
         return fn(batch)
-    stat_types = jax.eval_shape(fn, batch[:1])[1]
 
     def one_at_a_time(batch):
-        stats = {k: jnp.zeros(batch.shape[:1], t.dtype) for k, t in stat_types.items()}
-
-        def body(i, carry):
-            batch, stats = carry
+        def body(batch, i):
             out, values = fn(jax.lax.dynamic_slice_in_dim(batch, i, 1))
-            stats = {
-                k: jax.lax.dynamic_update_slice_in_dim(v, values[k], i, 0)
-                for k, v in stats.items()
-            }
-            return jax.lax.dynamic_update_slice_in_dim(batch, out, i, 0), stats
+            return jax.lax.dynamic_update_slice_in_dim(batch, out, i, 0), values
 
-        return jax.lax.fori_loop(0, batch.shape[0], body, (batch, stats))
+        batch, stats = jax.lax.scan(body, batch, jnp.arange(batch.shape[0]))
+        return batch, {k: v.reshape(batch.shape[:1]) for k, v in stats.items()}
 
     return jax.lax.platform_dependent(batch, cpu=one_at_a_time, default=fn)
 
