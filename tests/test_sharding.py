@@ -557,28 +557,38 @@ def test_refined_mesh_keeps_the_device_order(monkeypatch):
     assert abstract.axis_sizes == refined.mesh.axis_sizes
 
 
-def test_unknown_layout_moves_one_mesh_axis_at_a_time():
-    mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
-    free = P.UNCONSTRAINED
-    assert _placement._unknown_route(_placement._refine(mesh)) == [
-        P(None, free, free),
-        P(("model",), free, free),
-        P(("model", "data"), free, free),
-        P(("model", "data"), None, None),
-    ]
+FREE = P.UNCONSTRAINED
 
 
-def test_unknown_layout_moves_sub_axes_minor_first(monkeypatch):
-    monkeypatch.setattr(_placement, "_MAX_ALL_TO_ALL_GROUP", 2)
+@pytest.mark.parametrize(
+    ("max_group", "route"),
+    [
+        (  # no axis split: one mesh axis at a time
+            None,
+            [
+                P(None, FREE, FREE),
+                P(("model",), FREE, FREE),
+                P(("model", "data"), FREE, FREE),
+                P(("model", "data"), None, None),
+            ],
+        ),
+        (  # "model" split in two: its sub-axes minor first
+            2,
+            [
+                P(None, FREE, FREE),
+                P(("model#1",), FREE, FREE),
+                P(("model#1", "model#0"), FREE, FREE),
+                P(("model#1", "model#0", "data"), FREE, FREE),
+                P(("model#1", "model#0", "data"), None, None),
+            ],
+        ),
+    ],
+)
+def test_unknown_layout_route(monkeypatch, max_group, route):
+    if max_group is not None:
+        monkeypatch.setattr(_placement, "_MAX_ALL_TO_ALL_GROUP", max_group)
     mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto,) * 2)
-    free = P.UNCONSTRAINED
-    assert _placement._unknown_route(_placement._refine(mesh)) == [
-        P(None, free, free),
-        P(("model#1",), free, free),
-        P(("model#1", "model#0"), free, free),
-        P(("model#1", "model#0", "data"), free, free),
-        P(("model#1", "model#0", "data"), None, None),
-    ]
+    assert _placement._unknown_route(_placement._refine(mesh)) == route
 
 
 @pytest.mark.parametrize(("mesh_name", "axis_type"), CASES)
