@@ -11,7 +11,10 @@ iteration's time the threshold costs on a memory-bound accelerator (a lower
 bound for the threshold: real kernels do not reach the roofline). The bytes are
 ``cost_analysis()``'s count, which can exceed the HBM traffic: the compiled
 float32 selection is 9 multi-output passes over the data (8 counting passes of
-15 pivots and one masked minimum), where the bytes amount to 13 reads.
+15 pivots and one masked minimum), where the bytes amount to 13 reads. The
+counting passes are a loop in the library; here they are unrolled
+(``_quantile.COUNTING_UNROLL = True``) because ``cost_analysis()`` counts a
+loop body once (same passes, same per-pass fusions).
 
 Newton–Schulz FLOPs and bytes are 5 x (a 2-step unrolled probe - a 1-step one;
 Schatten-4 normalization, so that neither has a loop), since
@@ -68,10 +71,17 @@ def _ns_probe(steps: int):
     )
 
 
+def _threshold_cost(shape, sharding) -> tuple[float, float]:
+    """FLOPs and bytes of the threshold with its counting passes unrolled."""
+    saved, _quantile.COUNTING_UNROLL = _quantile.COUNTING_UNROLL, True
+    try:
+        return _cost(lambda x: _quantile.abs_quantile_batched(x, 0.9), shape, sharding)
+    finally:
+        _quantile.COUNTING_UNROLL = saved
+
+
 def measure(shape, sharding) -> dict:
-    q_flops, q_bytes = _cost(
-        lambda x: _quantile.abs_quantile_batched(x, 0.9), shape, sharding
-    )
+    q_flops, q_bytes = _threshold_cost(shape, sharding)
     one, two = (_cost(_ns_probe(k), shape, sharding) for k in (1, 2))
     ns_flops = 5 * (two[0] - one[0])
     ns_bytes = 5 * (two[1] - one[1])

@@ -22,17 +22,14 @@ _INT_OF_FLOAT = {
 # Bits per counting pass on accelerators: 2**4 - 1 = 15 pivots, compared and
 # summed in one fused reduction, so 8 passes for float32 plus one for v_{k+1}.
 _PIVOT_BITS = 4
+COUNTING_UNROLL = 1
+"""``unroll`` of the counting passes' loop. A loop is traced and compiled once
+(libtpu: 0.3-0.6 s instead of 2-3.7 s for a batch of matrices); ``True``
+unrolls it, e.g. for ``compiled.cost_analysis()``, which counts a loop body
+once."""
 # CPU histograms: at most 2**16 buckets, and at most size / 2**4 (zeroing and
 # scanning the histogram must stay cheap next to the pass over the data).
 _MAX_BUCKET_BITS, _MIN_BUCKET_BITS, _ENTRIES_PER_BUCKET_BITS = 16, 8, 4
-
-
-def _digit_plan(num_bits: int, max_width: int) -> list[tuple[int, int]]:
-    """``(shift, width)`` of each digit, most significant first, near-equal widths."""
-    passes = -(-num_bits // max_width)
-    widths = [num_bits // passes + (i < num_bits % passes) for i in range(passes)]
-    shifts = [num_bits - sum(widths[: i + 1]) for i in range(passes)]
-    return list(zip(shifts, widths))
 
 
 def _bucket_bits(per_matrix: int) -> int:
@@ -64,10 +61,11 @@ def _inclusive_cumsum(hist: jax.Array, max_total: int) -> jax.Array:
         return jnp.cumsum(hist, axis=-1)
     rows = 1 << ((width.bit_length() - 1) // 2)
     grid = hist.astype(jnp.float32).reshape(hist.shape[:-1] + (rows, width // rows))
-    upper = lambda n, k: jnp.triu(jnp.ones((n, n), jnp.float32), k)
+    # NumPy constants: literals in the program, not ops XLA:CPU compiles.
+    upper = lambda n, k: np.triu(np.ones((n, n), np.float32), k)
     within = jnp.matmul(grid, upper(grid.shape[-1], 0), precision="highest")
     offsets = jnp.matmul(within[..., -1], upper(rows, 1), precision="highest")
-    return (within + offsets[..., None]).reshape(hist.shape).astype(hist.dtype)
+    return (within + offsets[..., None]).reshape(hist.shape)
 
 
 def _locate(
@@ -76,6 +74,17 @@ def _locate(
     """Bucket holding each 0-based rank, and how many entries lie below it
     (``max_total`` bounds each histogram's sum)."""
     cumulative = _inclusive_cumsum(hist, max_total)
+    if jnp.issubdtype(cumulative.dtype, jnp.floating):
+        # Integer-valued floats: rank + 1 - cumulative >= 1 exactly where
+        # cumulative <= rank, <= 0 elsewhere, so the clip is that mask in
+        # arithmetic XLA:CPU fuses into the reductions (a compare and select it
+        # would materialize, and an integer sum it splits into reduce-windows).
+        rank = ranks[..., None].astype(cumulative.dtype)
+        at_or_below = jnp.clip(rank + 1 - cumulative, 0, 1)
+        digit = jnp.sum(at_or_below, axis=-1)
+        # The buckets at or below the rank are the first `digit` ones.
+        below = jnp.sum(hist * at_or_below, axis=-1)
+        return digit.astype(jnp.int32), below.astype(ranks.dtype)
     digit = jnp.sum(cumulative <= ranks[..., None], axis=-1)
     below = jax.lax.broadcasted_iota(digit.dtype, hist.shape, hist.ndim - 1)
     below = below < digit[..., None]
@@ -149,33 +158,58 @@ def _histogram_select(bits, ranks, num_bits: int, batch_ndim: int) -> jax.Array:
     return prefix
 
 
+def _pivot_shifts(num_bits: int) -> list[int]:
+    """Shift of each counting pass's 4-bit digit, most significant first.
+
+    ``num_bits - 4, num_bits - 8, ...``, and a last pass at shift 0 that may
+    overlap the previous one (31 bits: ``27, 23, ..., 3, 0``), so every pass
+    has 15 pivots and one loop body serves them all.
+    """
+    passes = -(-num_bits // _PIVOT_BITS)
+    return [max(num_bits - _PIVOT_BITS * (i + 1), 0) for i in range(passes)]
+
+
 def _counting_select(bits, ranks, num_bits: int, batch_ndim: int) -> jax.Array:
     """Patterns of the two order statistics ``ranks`` by multi-pivot counting.
 
     Each pass compares every pattern with the 15 pivots that split the current
     interval into 16 and sums the compares (int32 counts, one fused reduction
     per pivot, all reading ``bits`` in the same pass), settling 4 bits of
-    :math:`v_k`. Ties need no pass: the count at :math:`v_k` is known; else
+    :math:`v_k`; the passes are one :func:`jax.lax.fori_loop`, traced and
+    compiled once. Ties need no pass: the count at :math:`v_k` is known; else
     :math:`v_{k+1}` is the smallest pattern above it (one masked minimum).
     """
     axes = tuple(range(batch_ndim, bits.ndim))
     batch = bits.shape[:batch_ndim]
     k, k_next = ranks[0], ranks[1]
+    largest = jnp.asarray(np.iinfo(np.dtype(bits.dtype)).max, bits.dtype)
+    passes = len(_pivot_shifts(num_bits))
+    steps = jnp.arange(1, 1 << _PIVOT_BITS, dtype=bits.dtype)
+    steps = steps.reshape((1,) * batch_ndim + steps.shape)
 
     def count_up_to(pivot):
         return jnp.sum(bits <= _per_entry(pivot, bits.ndim), axis=axes, dtype=k.dtype)
 
-    lo = jnp.zeros(batch, bits.dtype)  # smallest pattern v_k may still have
-    count_hi = jnp.full(batch, bits.size // max(math.prod(batch), 1), k.dtype)
-    for shift, width in _digit_plan(num_bits, _PIVOT_BITS):
-        steps = np.arange(1, 1 << width) << shift
-        counts = jnp.stack([count_up_to(lo + (int(s) - 1)) for s in steps], axis=-1)
+    def one_pass(i, carry):
+        lo, count_hi = carry  # lo: the smallest pattern v_k may still have
+        shift = jnp.maximum(num_bits - _PIVOT_BITS * (i + 1), 0).astype(bits.dtype)
+        # Pivot j is lo + (j << shift) - 1, capped at the largest pattern
+        # (never overflowing: an overlapping last pass reaches past it).
+        offsets = jnp.minimum((steps << shift) - 1, (largest - lo)[..., None])
+        pivots = lo[..., None] + offsets
+        counts = jnp.stack([count_up_to(p) for p in jnp.unstack(pivots, axis=-1)], -1)
         digit = jnp.sum(counts <= k, axis=-1)
         at_digit = jax.lax.broadcasted_iota(digit.dtype, counts.shape, counts.ndim - 1)
-        upper = jnp.sum(jnp.where(at_digit == digit[..., None], counts, 0), axis=-1)
+        upper = jnp.where(at_digit == digit[..., None], counts, 0)
+        upper = jnp.sum(upper, axis=-1, dtype=k.dtype)
         count_hi = jnp.where(digit < counts.shape[-1], upper, count_hi)
-        lo = lo + (digit.astype(bits.dtype) << shift)
-    largest = jnp.asarray(np.iinfo(np.dtype(bits.dtype)).max, bits.dtype)
+        return lo + (digit.astype(bits.dtype) << shift), count_hi
+
+    lo = jnp.zeros(batch, bits.dtype)
+    count_hi = jnp.full(batch, bits.size // max(math.prod(batch), 1), k.dtype)
+    lo, count_hi = jax.lax.fori_loop(
+        0, passes, one_pass, (lo, count_hi), unroll=COUNTING_UNROLL
+    )
     above = jnp.min(jnp.where(bits > _per_entry(lo, bits.ndim), bits, largest), axes)
     hi = jnp.where(count_hi > k_next, lo, above)  # count_hi = #{bits <= v_k}
     return jnp.stack([lo, hi], axis=-1)

@@ -238,6 +238,22 @@ def test_counting_and_histogram_selections_agree_with_sort(rng, dtype, batched):
             np.testing.assert_array_equal(np.asarray(got).reshape(want.shape), want)
 
 
+@pytest.mark.parametrize("int_dtype, num_bits", [(np.int16, 15), (np.int32, 31)])
+def test_counting_selection_of_the_largest_patterns(rng, int_dtype, num_bits):
+    """Patterns up to the largest one (NaNs with every mantissa bit set): the
+    counting passes' pivots are capped there, never wrapping to negative."""
+    top = np.iinfo(int_dtype).max
+    bits = np.concatenate([top - np.arange(12), rng.integers(0, top, 20)]).astype(
+        int_dtype
+    )
+    want = np.sort(bits)
+    select = jax.jit(_quantile._counting_select, static_argnums=(2, 3))
+    for k in (0, 15, 25, 30, 31):
+        ranks = jnp.array([k, min(k + 1, 31)], jnp.int32)
+        got = select(jnp.asarray(bits), ranks, num_bits, 0)
+        np.testing.assert_array_equal(got, want[[k, min(k + 1, 31)]])
+
+
 def test_counting_selection_float64(rng, x64):
     x = mixed_values(rng, 500, "float64")
     bits = np.abs(x).view(np.int64)
@@ -248,15 +264,18 @@ def test_counting_selection_float64(rng, x64):
         np.testing.assert_array_equal(got, want[250:252])
 
 
-def test_digit_plans_cover_every_bit():
+def test_counting_passes_leave_at_most_16_candidates_per_pivot_step():
+    """Before each counting pass the remaining range of v_k holds at most 16
+    pivot steps (15 pivots settle it), the last pass has unit steps, and there
+    are no more passes than 4-bit digits."""
     for num_bits in (15, 31, 63):
-        for width in (4, 8, 11, 16):
-            plan = _quantile._digit_plan(num_bits, width)
-            assert sum(w for _, w in plan) == num_bits
-            assert max(w for _, w in plan) <= width
-            assert [s for s, _ in plan] == sorted((s for s, _ in plan), reverse=True)
-            assert plan[-1][0] == 0
-    assert _quantile._digit_plan(31, 16) == [(15, 16), (0, 15)]
+        shifts = _quantile._pivot_shifts(num_bits)
+        assert len(shifts) == -(-num_bits // _quantile._PIVOT_BITS)
+        assert shifts[-1] == 0
+        ranges = [1 << num_bits] + [1 << s for s in shifts[:-1]]
+        for remaining, shift in zip(ranges, shifts):
+            assert remaining <= (1 << _quantile._PIVOT_BITS) << shift
+    assert _quantile._pivot_shifts(31) == [27, 23, 19, 15, 11, 7, 3, 0]
     assert _quantile._bucket_bits(2048 * 8192) == 16
     assert _quantile._bucket_bits(1) == 8
 
@@ -310,7 +329,9 @@ def test_accelerators_count_instead_of_scatter(platform):
     text = traced.lower(lowering_platforms=(platform,)).as_text()
     for op in ("scatter", "gather", "sort", "dynamic_slice"):
         assert f"stablehlo.{op}" not in text
-    assert text.count("stablehlo.reduce") >= 8 * 15
+    # The passes are one loop: 15 pivot counts in its body, then the masked min.
+    assert text.count("stablehlo.while") == 1
+    assert text.count("stablehlo.reduce") >= 15 + 1
 
 
 def test_sharded_input_is_reduced_not_gathered(rng):
