@@ -22,46 +22,22 @@ class SkipNonfiniteState(NamedTuple):
     last_finite: jax.Array
 
 
-def _zero_if_finite(x: jax.Array) -> jax.Array:
-    """float32 ``x - x``: 0 where ``x`` is finite, NaN where it is not.
-
-    A complex entry adds its parts' differences, so an infinite imaginary part
-    counts too; the cast keeps NaN and exact zeros.
-    """
-    difference = x - x
-    if jnp.iscomplexobj(difference):
-        difference = difference.real + difference.imag
-    return difference.astype(jnp.float32)
-
-
-def _all_finite(*trees: Any) -> jax.Array:
-    r"""Whether every floating (or complex) entry of every tree is finite.
+def _all_finite(tree: Any) -> jax.Array:
+    r"""Whether every floating (or complex) entry of ``tree`` is finite.
 
     Computed as :math:`\sum_i (x_i - x_i) = 0`: :math:`x - x` is zero for
-    every finite :math:`x` and NaN for :math:`\pm\infty` and NaN, so float
-    sums decide it, exactly (a sum of zeros cannot overflow). Same answer as
-    ``all(isfinite(x))``, but XLA compiles a plain float sum faster than a
-    boolean reduction of ``isfinite``, and unlike ``0 * x`` it needs no
+    every finite :math:`x` and NaN for :math:`\pm\infty` and NaN, so one float
+    sum per leaf decides it, exactly (the sum of zeros cannot overflow). Same
+    answer as ``all(isfinite(x))``, but XLA compiles a plain float sum faster
+    than a boolean reduction of ``isfinite``, and unlike ``0 * x`` it needs no
     constant operand, which XLA:CPU's reduction fusions materialize as a
-    zero-filled array the size of the leaf. Trees of one structure (gradients
-    and the updates computed from them) are summed leaf by leaf together: one
-    reduction, one compiled kernel, per leaf shape instead of per tree.
+    zero-filled array the size of the leaf.
     """
-    leaves = [jax.tree.leaves(t) for t in trees]
-    if len({jax.tree.structure(t) for t in trees}) == 1:
-        groups = list(zip(*leaves))
-    else:
-        groups = [(x,) for tree_leaves in leaves for x in tree_leaves]
-    sums = []
-    for group in groups:
-        by_shape: dict[tuple, list] = {}
-        for x in group:
-            if jnp.issubdtype(x.dtype, jnp.inexact):
-                by_shape.setdefault(x.shape, []).append(_zero_if_finite(x))
-        sums += [jnp.sum(sum(parts)) for parts in by_shape.values()]
-    if not sums:
+    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    if not leaves:
         return jnp.asarray(True)
-    return sum(sums) == 0
+    total = sum(jnp.sum(x - x) for x in leaves)
+    return total == 0
 
 
 def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransformation:
@@ -122,7 +98,7 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
         )
         # Finite gradients can still give a non-finite step (an overflow
         # inside the inner transformation): that step is skipped too.
-        applied = _all_finite(updates, new_updates)
+        applied = _all_finite(updates) & _all_finite(new_updates)
         keep = lambda new, old: jnp.where(applied, new, old).astype(new.dtype)
         new_updates = jax.tree.map(lambda u: keep(u, jnp.zeros_like(u)), new_updates)
         return new_updates, SkipNonfiniteState(

@@ -1,7 +1,6 @@
 """Steps with NaN/Inf gradients are skipped: params and state never go non-finite."""
 
 import functools
-import re
 
 import jax
 import jax.numpy as jnp
@@ -278,7 +277,7 @@ def test_finite_gradients_with_an_overflowing_update_are_skipped_too():
 )
 @pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan, "complex"])
 def test_every_kind_of_nonfinite_entry_is_caught_under_jit(dtype, bad):
-    """The check (a sum of x - x per leaf) is exact for each dtype and kind of
+    """The check (a sum of 0 * x per leaf) is exact for each dtype and kind of
     non-finite entry, beside huge finite entries that must not count."""
     if bad == "complex":
         if dtype != jnp.complex64:
@@ -316,20 +315,3 @@ def test_the_skip_is_a_select_not_a_conditional():
     assert_trees_equal(new_params, params)
     assert_trees_equal(updates, jax.tree.map(jnp.zeros_like, params))
     assert int(state.skipped) == 1
-
-
-def test_gradients_and_updates_are_checked_in_one_reduction_per_leaf():
-    """Each leaf's gradient and update are checked together: one reduction (and
-    one compiled kernel) per leaf, not one per leaf per tree."""
-    tx = root_optax.skip_nonfinite(optax.scale(2.0))
-    grads = {
-        "a": jnp.ones((8, 8)),
-        "b": jnp.ones(16),
-        "c": jnp.ones((2, 3, 4), jnp.bfloat16),
-        "n": jnp.arange(3),  # an integer gradient, scaled to a float update
-    }
-    hlo = jax.jit(tx.update).lower(grads, tx.init(grads)).compile().as_text()
-    assert len(re.findall(r"= \S+ reduce\(", hlo)) == len(grads)
-    for leaf in grads:  # and each check still sees its leaf's gradient
-        bad = {**grads, leaf: grads[leaf].astype(jnp.float32).at[0].set(jnp.inf)}
-        assert not bool(jax.jit(tx.update)(bad, tx.init(bad))[1].last_finite)
