@@ -312,6 +312,35 @@ def test_histogram_cumsum_is_exact_up_to_float32_counts(rng, width):
     assert "dot_general" not in text
 
 
+@pytest.mark.parametrize("width", [2, 8, 11])
+def test_bucket_search_float_and_integer_forms_agree_with_numpy(rng, width):
+    """_locate's float32 form (totals up to 2**24) and its integer form (above)
+    give NumPy's bucket of each rank and the count below it, at every rank
+    including the first and last entry and empty buckets."""
+    buckets = 1 << width
+    hist = rng.integers(0, 4, (3, 2, buckets))
+    hist[0, 0, : buckets // 2] = 0  # a run of empty buckets
+    total = hist.sum(-1)
+    ranks = np.stack([np.zeros(3, int), total[:, 1] - 1], -1)  # first, last
+    ranks[1] = rng.integers(0, total[1].min(), 2)
+    cumulative = np.cumsum(hist, -1)
+    want_digit = (cumulative <= ranks[..., None]).sum(-1)
+    want_below = np.where(
+        want_digit > 0,
+        np.take_along_axis(cumulative, np.maximum(want_digit - 1, 0)[..., None], -1)[
+            ..., 0
+        ],
+        0,
+    )
+    limit = _quantile._EXACT_FLOAT32_COUNTS
+    for max_total in (limit, limit + 1):  # the float form, the integer form
+        digit, below = jax.jit(_quantile._locate, static_argnums=2)(
+            jnp.asarray(hist, jnp.int32), jnp.asarray(ranks, jnp.int32), max_total
+        )
+        np.testing.assert_array_equal(digit, want_digit)
+        np.testing.assert_array_equal(below, want_below)
+
+
 def test_selection_compiles_without_sort_while_jnp_quantile_sorts():
     x = jnp.ones((256, 512))
     ours = jax.jit(lambda x: abs_quantile(x, 0.9)).lower(x).as_text(dialect="hlo")
