@@ -53,8 +53,9 @@ def _inclusive_cumsum(hist: jax.Array, max_total: int) -> jax.Array:
     Below :data:`_EXACT_FLOAT32_COUNTS` as two small float32 products with
     triangular ones (the bucket axis split ``a x b``: a cumsum within each row,
     then each row's offset), exact since every partial sum is an integer below
-    2**24; XLA:CPU compiles and runs that faster than its cumulative-sum
-    reduce-window. Larger totals use :func:`jnp.cumsum`.
+    2**24, and returned in float32; XLA:CPU compiles and runs that faster than
+    its cumulative-sum reduce-window. Larger totals use :func:`jnp.cumsum`, in
+    ``hist``'s dtype.
     """
     width = hist.shape[-1]
     if max_total > _EXACT_FLOAT32_COUNTS or width < 4:
