@@ -43,7 +43,7 @@ def _label(shape) -> str:
 def _passes(per_matrix: int) -> dict[str, int]:
     """Passes over a float32 matrix: CPU histograms, accelerator counting."""
     cpu, _ = _quantile._histogram_plan(31, _quantile._bucket_bits(per_matrix))
-    counting = len(_quantile._digit_plan(31, _quantile._PIVOT_BITS)) + 1
+    counting = len(_quantile._pivot_shifts(31)) + 1
     return {"cpu_histogram": cpu, "accelerator_counting": counting}
 
 

@@ -1,6 +1,8 @@
 """abs_quantile: exact order statistics by radix selection, against NumPy's sort."""
 
 import re
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -427,3 +429,16 @@ def test_sharded_stack_is_never_gathered(rng, spec):
     ):
         assert "all-gather" not in fn.lower(xs).compile().as_text()
         np.testing.assert_allclose(fn(xs), want, rtol=1e-6)
+
+
+def test_bench_quantile_reports_the_library_pass_counts():
+    """benchmarks/bench_quantile.py reads the pass plans from the library's
+    private helpers: they must exist and give the passes the docs state."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import bench_quantile
+
+    assert bench_quantile._passes(512 * 512) == {
+        "cpu_histogram": 3,
+        "accelerator_counting": 9,
+    }
+    assert bench_quantile._passes(2048 * 8192)["cpu_histogram"] == 2
