@@ -40,6 +40,50 @@ def _all_finite(tree: Any) -> jax.Array:
     return total == 0
 
 
+def _zero_if_finite(x: jax.Array) -> jax.Array:
+    """float32 ``x - x``: 0 where ``x`` is finite, NaN where it is not.
+
+    A complex entry adds its parts' differences, so an infinite imaginary part
+    counts too; the cast keeps NaN and exact zeros.
+    """
+    difference = x - x
+    if jnp.iscomplexobj(difference):
+        difference = difference.real + difference.imag
+    return difference.astype(jnp.float32)
+
+
+def _all_finite_together(grads: Any, updates: Any) -> jax.Array:
+    """``_all_finite(grads) & _all_finite(updates)``, one sum per leaf for both.
+
+    Each leaf's gradient and update (same structure, as optax requires) are
+    summed together: half the reductions. libtpu then needs fewer temporaries
+    (TPU v5e 4x4, 1B distributed: 905 -> 521 MiB per chip; the 7B default mode
+    fits, 15.8 -> 10.0 GiB), but XLA:CPU's copy insertion slows down on many
+    leaves (96 leaves: 0.5 -> 3.4 s), so CPU keeps one sum per tree and leaf.
+    """
+    if jax.tree.structure(grads) != jax.tree.structure(updates):
+        return _all_finite(grads) & _all_finite(updates)
+    sums = []
+    for pair in zip(jax.tree.leaves(grads), jax.tree.leaves(updates)):
+        by_shape: dict[tuple, list] = {}
+        for x in pair:
+            if jnp.issubdtype(x.dtype, jnp.inexact):
+                by_shape.setdefault(x.shape, []).append(_zero_if_finite(x))
+        sums += [jnp.sum(sum(parts)) for parts in by_shape.values()]
+    return sum(sums) == 0 if sums else jnp.asarray(True)
+
+
+def _step_is_finite(grads: Any, updates: Any) -> jax.Array:
+    """Whether every gradient and update entry is finite, in each backend's
+    cheaper form (see :func:`_all_finite_together`)."""
+    return jax.lax.platform_dependent(
+        grads,
+        updates,
+        cpu=lambda g, u: _all_finite(g) & _all_finite(u),
+        default=_all_finite_together,
+    )
+
+
 def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransformation:
     r"""Wrap ``inner`` so a step with any non-finite gradient entry changes nothing.
 
@@ -98,7 +142,7 @@ def skip_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransfo
         )
         # Finite gradients can still give a non-finite step (an overflow
         # inside the inner transformation): that step is skipped too.
-        applied = _all_finite(updates) & _all_finite(new_updates)
+        applied = _step_is_finite(updates, new_updates)
         keep = lambda new, old: jnp.where(applied, new, old).astype(new.dtype)
         new_updates = jax.tree.map(lambda u: keep(u, jnp.zeros_like(u)), new_updates)
         return new_updates, SkipNonfiniteState(

@@ -9,6 +9,7 @@ import optax
 import pytest
 
 import root_optax
+from root_optax import _nonfinite
 
 
 def make_problem(rng):
@@ -315,3 +316,39 @@ def test_the_skip_is_a_select_not_a_conditional():
     assert_trees_equal(new_params, params)
     assert_trees_equal(updates, jax.tree.map(jnp.zeros_like, params))
     assert int(state.skipped) == 1
+
+
+@pytest.mark.parametrize(
+    "dtype", [jnp.float32, jnp.bfloat16, jnp.float16, jnp.complex64]
+)
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan, "complex"])
+@pytest.mark.parametrize("where", ["gradient", "update"])
+def test_accelerator_check_of_gradient_and_update_together(dtype, bad, where):
+    """The accelerators' form of the check (one sum per leaf for its gradient
+    and update) catches every kind of non-finite entry in either, beside huge
+    finite entries and integer leaves that must not count; run here on CPU."""
+    if bad == "complex":
+        if dtype != jnp.complex64:
+            pytest.skip("an infinite imaginary part needs a complex dtype")
+        bad = complex(0.0, np.inf)
+    huge = float(jnp.finfo(dtype).max)
+    clean = {"x": jnp.full((3, 5), huge, dtype), "n": jnp.arange(3)}
+    dirty = {**clean, "x": clean["x"].at[1, 2].set(bad)}
+    check = jax.jit(_nonfinite._all_finite_together)
+    assert bool(check(clean, clean))
+    pair = (dirty, clean) if where == "gradient" else (clean, dirty)
+    assert not bool(check(*pair))
+    # Trees of different structures fall back to one check per tree.
+    assert not bool(check(pair[0], [pair[1]]))
+
+
+def test_each_backend_gets_its_form_of_the_check():
+    """CPU: one reduction per tree and leaf (XLA:CPU's copy insertion slows down
+    on many leaves with the paired form); accelerators: one per leaf for the
+    gradient and its update together (fewer temporaries in libtpu programs)."""
+    tx = root_optax.skip_nonfinite(optax.scale(2.0))
+    grads = {"a": jnp.ones((8, 8)), "b": jnp.ones(16), "c": jnp.ones((2, 3, 4))}
+    traced = jax.jit(tx.update).trace(grads, tx.init(grads))
+    for platform, reductions in (("cpu", 6), ("tpu", 3), ("cuda", 3)):
+        text = traced.lower(lowering_platforms=(platform,)).as_text()
+        assert text.count("stablehlo.reduce") == reductions, platform
