@@ -159,6 +159,11 @@ def _histogram_select(bits, ranks, num_bits: int, batch_ndim: int) -> jax.Array:
     return prefix
 
 
+def _pivot_shift(num_bits: int, i, xnp=np):
+    """Shift of counting pass ``i``'s 4-bit digit (``xnp=jnp`` for a traced ``i``)."""
+    return xnp.maximum(num_bits - _PIVOT_BITS * (i + 1), 0)
+
+
 def _pivot_shifts(num_bits: int) -> list[int]:
     """Shift of each counting pass's 4-bit digit, most significant first.
 
@@ -167,7 +172,7 @@ def _pivot_shifts(num_bits: int) -> list[int]:
     has 15 pivots and one loop body serves them all.
     """
     passes = -(-num_bits // _PIVOT_BITS)
-    return [max(num_bits - _PIVOT_BITS * (i + 1), 0) for i in range(passes)]
+    return [int(_pivot_shift(num_bits, i)) for i in range(passes)]
 
 
 def _counting_select(bits, ranks, num_bits: int, batch_ndim: int) -> jax.Array:
@@ -193,7 +198,7 @@ def _counting_select(bits, ranks, num_bits: int, batch_ndim: int) -> jax.Array:
 
     def one_pass(i, carry):
         lo, count_hi = carry  # lo: the smallest pattern v_k may still have
-        shift = jnp.maximum(num_bits - _PIVOT_BITS * (i + 1), 0).astype(bits.dtype)
+        shift = _pivot_shift(num_bits, i, jnp).astype(bits.dtype)
         # Pivot j is lo + (j << shift) - 1, capped at the largest pattern
         # (never overflowing: an overlapping last pass reaches past it).
         offsets = jnp.minimum((steps << shift) - 1, (largest - lo)[..., None])

@@ -273,20 +273,31 @@ def test_finite_gradients_with_an_overflowing_update_are_skipped_too():
     )
 
 
-@pytest.mark.parametrize(
+EVERY_DTYPE = pytest.mark.parametrize(
     "dtype", [jnp.float32, jnp.bfloat16, jnp.float16, jnp.complex64]
 )
-@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan, "complex"])
-def test_every_kind_of_nonfinite_entry_is_caught_under_jit(dtype, bad):
-    """The check (a sum of 0 * x per leaf) is exact for each dtype and kind of
-    non-finite entry, beside huge finite entries that must not count."""
+EVERY_KIND = pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan, "complex"])
+
+
+def clean_and_dirty(dtype, bad):
+    """A tree of huge finite entries (which must not count) and an integer
+    leaf, and the same tree with one ``bad`` entry; skips the complex kind
+    (an infinite imaginary part) for real dtypes."""
     if bad == "complex":
         if dtype != jnp.complex64:
             pytest.skip("an infinite imaginary part needs a complex dtype")
         bad = complex(0.0, np.inf)
     huge = float(jnp.finfo(dtype).max)
     clean = {"x": jnp.full((3, 5), huge, dtype), "n": jnp.arange(3)}
-    dirty = {**clean, "x": clean["x"].at[1, 2].set(bad)}
+    return clean, {**clean, "x": clean["x"].at[1, 2].set(bad)}
+
+
+@EVERY_DTYPE
+@EVERY_KIND
+def test_every_kind_of_nonfinite_entry_is_caught_under_jit(dtype, bad):
+    """The check (a sum of x - x per leaf) is exact for each dtype and kind of
+    non-finite entry, beside huge finite entries that must not count."""
+    clean, dirty = clean_and_dirty(dtype, bad)
     tx = root_optax.skip_nonfinite(optax.identity())
     state = tx.init(clean)
     update = jax.jit(tx.update)
@@ -318,22 +329,14 @@ def test_the_skip_is_a_select_not_a_conditional():
     assert int(state.skipped) == 1
 
 
-@pytest.mark.parametrize(
-    "dtype", [jnp.float32, jnp.bfloat16, jnp.float16, jnp.complex64]
-)
-@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan, "complex"])
+@EVERY_DTYPE
+@EVERY_KIND
 @pytest.mark.parametrize("where", ["gradient", "update"])
 def test_accelerator_check_of_gradient_and_update_together(dtype, bad, where):
     """The accelerators' form of the check (one sum per leaf for its gradient
     and update) catches every kind of non-finite entry in either, beside huge
     finite entries and integer leaves that must not count; run here on CPU."""
-    if bad == "complex":
-        if dtype != jnp.complex64:
-            pytest.skip("an infinite imaginary part needs a complex dtype")
-        bad = complex(0.0, np.inf)
-    huge = float(jnp.finfo(dtype).max)
-    clean = {"x": jnp.full((3, 5), huge, dtype), "n": jnp.arange(3)}
-    dirty = {**clean, "x": clean["x"].at[1, 2].set(bad)}
+    clean, dirty = clean_and_dirty(dtype, bad)
     check = jax.jit(_nonfinite._all_finite_together)
     assert bool(check(clean, clean))
     pair = (dirty, clean) if where == "gradient" else (clean, dirty)
