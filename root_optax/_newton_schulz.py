@@ -8,7 +8,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from root_optax import _coefficients, _dimension_numbers, _placement, _validation
+from root_optax import (
+    _coefficients,
+    _dimension_numbers,
+    _placement,
+    _platform,
+    _validation,
+)
 
 _LOW_PRECISION = (jnp.bfloat16, jnp.float16)
 DEFAULT_STEPS = 5
@@ -287,7 +293,7 @@ def one_at_a_time_on_cpu(fn, batch: jax.Array):
         batch, stats = jax.lax.scan(body, batch, jnp.arange(batch.shape[0]))
         return batch, {k: v.reshape(batch.shape[:1]) for k, v in stats.items()}
 
-    return jax.lax.platform_dependent(batch, cpu=one_at_a_time, default=fn)
+    return _platform.platform_dependent(batch, cpu=one_at_a_time, default=fn)
 
 
 CPU_ONE_AT_A_TIME = True

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from root_optax import _platform
+
 
 class SkipNonfiniteState(NamedTuple):
     """State of :func:`skip_nonfinite`.
@@ -81,7 +83,7 @@ def _all_finite_together(grads: Any, updates: Any) -> jax.Array:
 def _step_is_finite(grads: Any, updates: Any) -> jax.Array:
     """Whether every gradient and update entry is finite, in each backend's
     cheaper form (see :func:`_all_finite_together`)."""
-    return jax.lax.platform_dependent(
+    return _platform.platform_dependent(
         grads,
         updates,
         cpu=_all_finite_separately,

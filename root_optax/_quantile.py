@@ -1,4 +1,4 @@
-"""Exact order statistics of ``|x|`` by radix selection on float bits, without sorting."""
+"""Exact order statistics of ``|x|`` by selection on float bits, without sorting."""
 
 import math
 
@@ -6,27 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from root_optax import _validation
+from root_optax import _platform, _validation
+from root_optax._counting_select import INT_OF_FLOAT, counting_select, patterns_of
 
 # Non-negative IEEE floats order like their bit patterns read as signed integers
-# (NaN patterns above inf), so the k-th smallest |x| is found digit by digit on
-# integers: each pass over the data settles the next few bits of its pattern.
-# Integer compares are exact where float arithmetic is not (XLA:CPU flushes
+# (NaN patterns above inf), so the k-th smallest |x| is found on integers:
+# integer compares are exact where float arithmetic is not (XLA:CPU flushes
 # subnormals to zero).
-_INT_OF_FLOAT = {
-    np.dtype(np.float16): (jnp.int16, 15),
-    np.dtype(jnp.bfloat16): (jnp.int16, 15),
-    np.dtype(np.float32): (jnp.int32, 31),
-    np.dtype(np.float64): (jnp.int64, 63),
-}
-# Bits per counting pass on accelerators: 2**4 - 1 = 15 pivots, compared and
-# summed in one fused reduction, so 8 passes for float32 plus one for v_{k+1}.
-_PIVOT_BITS = 4
-COUNTING_UNROLL = 1
-"""``unroll`` of the counting passes' loop. A loop is traced and compiled once
-(libtpu: 0.3-0.6 s instead of 2-3.7 s for a batch of matrices); ``True``
-unrolls it, e.g. for ``compiled.cost_analysis()``, which counts a loop body
-once."""
 # CPU histograms: at most 2**16 buckets, and at most size / 2**4 (zeroing and
 # scanning the histogram must stay cheap next to the pass over the data).
 _MAX_BUCKET_BITS, _MIN_BUCKET_BITS, _ENTRIES_PER_BUCKET_BITS = 16, 8, 4
@@ -138,7 +124,7 @@ def _histogram_select(bits, ranks, num_bits: int, batch_ndim: int) -> jax.Array:
     entries or more). The passes are one :func:`jax.lax.fori_loop`: compiled
     once, whatever their number. CPU choice: a scatter-add pass costs a few
     compare-and-sum passes but settles up to 16 bits; on accelerators scatters
-    contend or serialize, so ``_counting_select`` serves them.
+    contend or serialize, so :func:`counting_select` serves them.
     """
     batch = bits.shape[:batch_ndim]
     per_matrix = bits.size // max(math.prod(batch), 1)
@@ -159,80 +145,20 @@ def _histogram_select(bits, ranks, num_bits: int, batch_ndim: int) -> jax.Array:
     return prefix
 
 
-def _pivot_shift(num_bits: int, i, xnp=np):
-    """Shift of counting pass ``i``'s 4-bit digit (``xnp=jnp`` for a traced ``i``)."""
-    return xnp.maximum(num_bits - _PIVOT_BITS * (i + 1), 0)
-
-
-def _pivot_shifts(num_bits: int) -> list[int]:
-    """Shift of each counting pass's 4-bit digit, most significant first.
-
-    ``num_bits - 4, num_bits - 8, ...``, and a last pass at shift 0 that may
-    overlap the previous one (31 bits: ``27, 23, ..., 3, 0``), so every pass
-    has 15 pivots and one loop body serves them all.
-    """
-    passes = -(-num_bits // _PIVOT_BITS)
-    return [int(_pivot_shift(num_bits, i)) for i in range(passes)]
-
-
-def _counting_select(bits, ranks, num_bits: int, batch_ndim: int) -> jax.Array:
-    """Patterns of the two order statistics ``ranks`` by multi-pivot counting.
-
-    Each pass compares every pattern with the 15 pivots that split the current
-    interval into 16 and sums the compares (int32 counts, one fused reduction
-    per pivot, all reading ``bits`` in the same pass), settling 4 bits of
-    :math:`v_k`; the passes are one :func:`jax.lax.fori_loop`, traced and
-    compiled once. Ties need no pass: the count at :math:`v_k` is known; else
-    :math:`v_{k+1}` is the smallest pattern above it (one masked minimum).
-    """
-    axes = tuple(range(batch_ndim, bits.ndim))
-    batch = bits.shape[:batch_ndim]
-    k, k_next = ranks[0], ranks[1]
-    largest = jnp.asarray(np.iinfo(np.dtype(bits.dtype)).max, bits.dtype)
-    passes = len(_pivot_shifts(num_bits))
-    steps = jnp.arange(1, 1 << _PIVOT_BITS, dtype=bits.dtype)
-    steps = steps.reshape((1,) * batch_ndim + steps.shape)
-
-    def count_up_to(pivot):
-        return jnp.sum(bits <= _per_entry(pivot, bits.ndim), axis=axes, dtype=k.dtype)
-
-    def one_pass(i, carry):
-        lo, count_hi = carry  # lo: the smallest pattern v_k may still have
-        shift = _pivot_shift(num_bits, i, jnp).astype(bits.dtype)
-        # Pivot j is lo + (j << shift) - 1, capped at the largest pattern
-        # (never overflowing: an overlapping last pass reaches past it).
-        offsets = jnp.minimum((steps << shift) - 1, (largest - lo)[..., None])
-        pivots = lo[..., None] + offsets
-        counts = jnp.stack([count_up_to(p) for p in jnp.unstack(pivots, axis=-1)], -1)
-        digit = jnp.sum(counts <= k, axis=-1)
-        at_digit = jax.lax.broadcasted_iota(digit.dtype, counts.shape, counts.ndim - 1)
-        upper = jnp.where(at_digit == digit[..., None], counts, 0)
-        upper = jnp.sum(upper, axis=-1, dtype=k.dtype)
-        count_hi = jnp.where(digit < counts.shape[-1], upper, count_hi)
-        return lo + (digit.astype(bits.dtype) << shift), count_hi
-
-    lo = jnp.zeros(batch, bits.dtype)
-    count_hi = jnp.full(batch, bits.size // max(math.prod(batch), 1), k.dtype)
-    lo, count_hi = jax.lax.fori_loop(
-        0, passes, one_pass, (lo, count_hi), unroll=COUNTING_UNROLL
-    )
-    above = jnp.min(jnp.where(bits > _per_entry(lo, bits.ndim), bits, largest), axes)
-    hi = jnp.where(count_hi > k_next, lo, above)  # count_hi = #{bits <= v_k}
-    return jnp.stack([lo, hi], axis=-1)
-
-
-def _select(bits, ranks, num_bits: int, batch_ndim: int) -> jax.Array:
-    """Patterns of the order statistics ``ranks``: histograms on CPU, counts elsewhere."""
-    return jax.lax.platform_dependent(
-        bits,
+def _select(values, ranks, num_bits: int, batch_ndim: int) -> jax.Array:
+    """Patterns of the order statistics ``ranks`` of ``|values|`` (floats,
+    complex or their patterns): histograms on CPU, counts elsewhere
+    (:mod:`root_optax._counting_select`, which reads ``values`` in each pass)."""
+    return _platform.platform_dependent(
+        values,
         ranks,
-        cpu=lambda b, r: _histogram_select(b, r, num_bits, batch_ndim),
-        default=lambda b, r: _counting_select(b, r, num_bits, batch_ndim),
+        cpu=lambda v, r: _histogram_select(patterns_of(v), r, num_bits, batch_ndim),
+        default=lambda v, r: counting_select(v, r, num_bits, batch_ndim),
     )
 
 
-def _magnitude(x: jax.Array, fn: str) -> jax.Array:
-    """``|x|`` in its real floating dtype (complex -> real), or a TypeError."""
+def _checked(x: jax.Array, fn: str) -> jax.Array:
+    """``x`` as an array of a floating or complex dtype, or a TypeError."""
     x = jnp.asarray(x)
     dtype = np.dtype(x.dtype)
     if not jnp.issubdtype(dtype, jnp.inexact):
@@ -240,7 +166,7 @@ def _magnitude(x: jax.Array, fn: str) -> jax.Array:
             f"{fn}(x) needs a floating or complex dtype, got x.dtype={dtype}. "
             "Cast it first, e.g. x.astype(jnp.float32)."
         )
-    return jnp.abs(x)
+    return x
 
 
 def _ranks(q: jax.typing.ArrayLike, num: int, dtype, fn: str):
@@ -265,16 +191,14 @@ def _ranks(q: jax.typing.ArrayLike, num: int, dtype, fn: str):
 
 def _quantile(x: jax.Array, q, batch_ndim: int, fn: str) -> jax.Array:
     """Shared body of :func:`abs_quantile` and :func:`abs_quantile_batched`."""
-    x = _magnitude(x, fn)
-    dtype = np.dtype(x.dtype)
+    x = _checked(x, fn)
+    dtype = np.dtype(jnp.finfo(x.dtype).dtype)  # |x|'s: complex -> real
     batch = x.shape[:batch_ndim]
     num = x.size // max(math.prod(batch), 1)
     ranks, frac = _ranks(q, max(num, 1), dtype, fn)
     if num == 0:
         return jnp.zeros(batch, dtype)
-    int_dtype, num_bits = _INT_OF_FLOAT[dtype]
-    bits = jax.lax.bitcast_convert_type(x, int_dtype)
-    patterns = _select(bits, ranks, num_bits, batch_ndim)
+    patterns = _select(x, ranks, INT_OF_FLOAT[dtype][1], batch_ndim)
     lo, hi = jnp.unstack(jax.lax.bitcast_convert_type(patterns, dtype), axis=-1)
     # An exact order statistic (frac == 0) or a tie returns lo as is: lo + 0 * d
     # would be NaN for d = inf - lo or inf - inf.
@@ -293,10 +217,13 @@ def abs_quantile(x: jax.Array, q: jax.typing.ArrayLike) -> jax.Array:
         + (p - \lfloor p \rfloor)(v_{\lfloor p \rfloor + 1} - v_{\lfloor p \rfloor}),
 
     where :math:`v_k` is the k-th smallest :math:`|x_i|`. Both neighbours are
-    found together, digit by digit on the float's bit pattern: on CPU by
+    found together on the float's bit pattern: on CPU digit by digit with
     scatter-add histograms (2 passes over float32 data from :math:`2^{20}`
-    entries, at most 4 below), elsewhere by counting against 15 pivots per pass
-    (9 passes). Only reductions and histograms touch
+    entries, at most 4 below), elsewhere by counting against 15 pivots per
+    pass placed where the neighbours are likely (typically 5-7 passes, one of
+    them for the statistics that place the first pivots and one for the final
+    extremes; the count depends on the data, the result does not). Only
+    reductions and histograms touch
     ``x`` (it is never reshaped), so a sharded ``x`` is never gathered, even
     when it is sharded over several mesh axes: each pass all-reduces counters.
     NaN entries count as larger than ``inf``.

@@ -243,3 +243,22 @@ def test_distributed_moves_over_a_pod_axis_in_groups_of_16(axes):
     sizes = hlo_collectives.all_to_all_group_sizes(hlo)
     assert sizes and set(sizes) == {16}, sizes
     assert not _ALL_GATHER.search(hlo), _ALL_GATHER.search(hlo).group(0)
+
+
+def test_threshold_reads_the_data_once_per_pass():
+    """The accelerator threshold's loop reads the matrices themselves in each
+    pass: no copy of their bit patterns is written before it (``cost_analysis``
+    counts the loop body once, so the whole program is one read)."""
+    from root_optax._quantile import abs_quantile_batched
+
+    devices = topologies.get_topology_desc(
+        topology_name=TOPOLOGY, platform="tpu"
+    ).devices
+    sharding = NamedSharding(Mesh(devices[:1], ("chip",)), P())
+    for shape in ((48, 512, 512), (1, 2048, 8192)):
+        x = jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding)
+        compiled = jax.jit(lambda x: abs_quantile_batched(x, 0.9)).lower(x).compile()
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        reads = cost["bytes accessed"] / (4 * shape[0] * shape[1] * shape[2])
+        assert 0.99 < reads < 1.05, (shape, reads)
