@@ -49,6 +49,24 @@ SWEEP_BINADES = (-32, 8)
 and float64; the whole pattern range for 16-bit floats)."""
 
 
+INT_OF_FLOAT = {
+    np.dtype(np.float16): (np.dtype(np.int16), 15),
+    np.dtype(jnp.bfloat16): (np.dtype(np.int16), 15),
+    np.dtype(np.float32): (np.dtype(np.int32), 31),
+    np.dtype(np.float64): (np.dtype(np.int64), 63),
+}
+"""The signed integer type of each float's bit pattern, and its bits below
+the sign: non-negative floats order like their patterns (NaNs above inf)."""
+
+
+def patterns_of(values: jax.Array) -> jax.Array:
+    """Bit patterns of ``|values|`` (``values`` itself when it holds patterns)."""
+    if jnp.issubdtype(values.dtype, jnp.integer):
+        return values
+    magnitude = jnp.abs(values)
+    return jax.lax.bitcast_convert_type(magnitude, INT_OF_FLOAT[magnitude.dtype][0])
+
+
 class Search(NamedTuple):
     """Per-matrix state: the bracket, a pivot with ``C = k + 1`` (or -1), and
     whether the search settled and the extremes were read (``v``: the two
@@ -159,24 +177,6 @@ def _answer(s: Search, extremes, k, k_next) -> jax.Array:
     return jnp.stack([v_k, jnp.where(k_next == k, v_k, v_next)], axis=-1)
 
 
-INT_OF_FLOAT = {
-    np.dtype(np.float16): (np.dtype(np.int16), 15),
-    np.dtype(jnp.bfloat16): (np.dtype(np.int16), 15),
-    np.dtype(np.float32): (np.dtype(np.int32), 31),
-    np.dtype(np.float64): (np.dtype(np.int64), 63),
-}
-"""The signed integer type of each float's bit pattern, and its bits below
-the sign: non-negative floats order like their patterns (NaNs above inf)."""
-
-
-def patterns_of(values: jax.Array) -> jax.Array:
-    """Bit patterns of ``|values|`` (``values`` itself when it holds patterns)."""
-    if jnp.issubdtype(values.dtype, jnp.integer):
-        return values
-    magnitude = jnp.abs(values)
-    return jax.lax.bitcast_convert_type(magnitude, INT_OF_FLOAT[magnitude.dtype][0])
-
-
 def initial_search(batch: tuple[int, ...], n: int, dtype, k) -> Search:
     """``(-1, largest pattern]`` for every matrix of ``n`` patterns of
     ``dtype``: ``C(-1) = 0``, ``C(largest) = n``."""
@@ -204,10 +204,14 @@ def counting_pass(bits, s: Search, ranks, passes, num_bits: int, axes) -> Search
     at_most = jnp.where(s.settled, final_at_most, s.hi)
     above = jnp.where(s.settled, final_above, s.lo)
     counts, extremes = _reductions(bits, pivots, at_most, above, axes, k.dtype)
-    step = _narrow(s, pivots, counts, extremes, k)
-    searching = ~s.settled  # (settled matrices keep their bracket)
-    keep = lambda new, old: jnp.where(searching, new, old)
-    step = Search(*map(keep, step[:5], s[:5]), s.settled, s.done, s.v)
+    narrowed = _narrow(s, pivots, counts, extremes, k)
+    bracket = ("lo", "count_lo", "hi", "count_hi", "found")  # settled: kept
+    step = s._replace(
+        **{
+            f: jnp.where(s.settled, getattr(s, f), getattr(narrowed, f))
+            for f in bracket
+        }
+    )
     answering = s.settled & ~s.done
     v = jnp.where(answering[..., None], _answer(s, extremes, k, k_next), s.v)
     settled = s.settled | _is_settled(step, k)
