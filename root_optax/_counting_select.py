@@ -86,9 +86,14 @@ def _per_entry(v: jax.Array, ndim: int) -> jax.Array:
     return v.reshape(v.shape + (1,) * (ndim - v.ndim))
 
 
+def _holds_just_the_two(s: Search, k) -> jax.Array:
+    """Whether the bracket holds exactly the entries of ranks ``k``, ``k + 1``."""
+    return (s.count_lo == k) & (s.count_hi == k + 2)
+
+
 def _is_settled(s: Search, k) -> jax.Array:
-    two = (s.count_lo == k) & (s.count_hi == k + 2)
-    return (s.found >= 0) | (s.hi - 1 - s.lo <= 0) | two
+    one_wide = s.hi - 1 - s.lo <= 0  # a tie at hi
+    return (s.found >= 0) | one_wide | _holds_just_the_two(s, k)
 
 
 def _sweep(num_bits: int, count: int) -> np.ndarray:
@@ -170,8 +175,7 @@ def _final_points(s: Search, k) -> tuple[jax.Array, jax.Array]:
 def _answer(s: Search, extremes, k, k_next) -> jax.Array:
     """``(*batch, 2)`` patterns of ``v_k, v_k_next`` from the final extremes."""
     at_most, above = extremes
-    found = s.found >= 0
-    two = (s.count_lo == k) & (s.count_hi == k + 2)
+    found, two = s.found >= 0, _holds_just_the_two(s, k)
     v_k = jnp.where(found, at_most, jnp.where(two, above, s.hi))
     v_next = jnp.where(found, above, jnp.where(two, at_most, s.hi))
     return jnp.stack([v_k, jnp.where(k_next == k, v_k, v_next)], axis=-1)

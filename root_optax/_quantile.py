@@ -220,9 +220,9 @@ def abs_quantile(x: jax.Array, q: jax.typing.ArrayLike) -> jax.Array:
     found together on the float's bit pattern: on CPU digit by digit with
     scatter-add histograms (2 passes over float32 data from :math:`2^{20}`
     entries, at most 4 below), elsewhere by counting against 15 pivots per
-    pass placed where the neighbours are likely (typically 5-7 passes, one of
-    them for the statistics that place the first pivots and one for the final
-    extremes; the count depends on the data, the result does not). Only
+    pass placed where the neighbours are likely (5-8 passes for float32
+    matrices, the one reading the final extremes included; the count depends
+    on the data, the result does not). Only
     reductions and histograms touch
     ``x`` (it is never reshaped), so a sharded ``x`` is never gathered, even
     when it is sharded over several mesh axes: each pass all-reduces counters.
