@@ -364,6 +364,8 @@ def test_counting_pivots_lie_inside_the_bracket_at_its_quarter_points():
     values = swept.astype(np.int32).view(np.float32)
     np.testing.assert_array_equal(values, [*(2.0 ** np.arange(-32, 8, 4)), 0.0])
     assert _quantile._bucket_bits(2048 * 8192) == 16
+    assert _quantile._bucket_bits(512 * 512) == 16  # 2 passes from 2**18 entries
+    assert _quantile._bucket_bits(128 * 128) == 12  # 3 passes of 11 bits
     assert _quantile._bucket_bits(1) == 8
 
 
@@ -399,7 +401,15 @@ def test_histogram_cumsum_is_exact_up_to_float32_counts(rng, width):
     assert "dot_general" not in text
 
 
-@pytest.mark.parametrize("width", [2, 8, 11])
+def _numpy_locate(hist, ranks):
+    """Bucket of each rank and the count below it, by NumPy's cumsum."""
+    cumulative = np.cumsum(hist, -1)
+    digit = (cumulative <= ranks[..., None]).sum(-1)
+    below = np.take_along_axis(cumulative, np.maximum(digit - 1, 0)[..., None], -1)
+    return digit, np.where(digit > 0, below[..., 0], 0)
+
+
+@pytest.mark.parametrize("width", [2, 8, 9, 11, 16])
 def test_bucket_search_float_and_integer_forms_agree_with_numpy(rng, width):
     """_locate's float32 form (totals up to 2**24) and its integer form (above)
     give NumPy's bucket of each rank and the count below it, at every rank
@@ -410,15 +420,7 @@ def test_bucket_search_float_and_integer_forms_agree_with_numpy(rng, width):
     total = hist.sum(-1)
     ranks = np.stack([np.zeros(3, int), total[:, 1] - 1], -1)  # first, last
     ranks[1] = rng.integers(0, total[1].min(), 2)
-    cumulative = np.cumsum(hist, -1)
-    want_digit = (cumulative <= ranks[..., None]).sum(-1)
-    want_below = np.where(
-        want_digit > 0,
-        np.take_along_axis(cumulative, np.maximum(want_digit - 1, 0)[..., None], -1)[
-            ..., 0
-        ],
-        0,
-    )
+    want_digit, want_below = _numpy_locate(hist, ranks)
     limit = _quantile._EXACT_FLOAT32_COUNTS
     for max_total in (limit, limit + 1):  # the float form, the integer form
         digit, below = jax.jit(_quantile._locate, static_argnums=2)(
@@ -426,6 +428,30 @@ def test_bucket_search_float_and_integer_forms_agree_with_numpy(rng, width):
         )
         np.testing.assert_array_equal(digit, want_digit)
         np.testing.assert_array_equal(below, want_below)
+
+
+def test_two_level_bucket_search_at_every_rank_and_row_edge():
+    """A long histogram is searched row first, then within the row: every rank
+    of a sparse 2**16-bucket histogram whose entries sit at row edges (first
+    and last bucket of a row, the first and last row) gives NumPy's bucket."""
+    buckets = 1 << 16
+    cols = 256  # the search's row length for 2**16 buckets
+    hist = np.zeros((1, 2, buckets), np.int64)
+    for bucket, count in ((0, 2), (cols - 1, 1), (cols, 3), (5 * cols + 7, 1)):
+        hist[..., bucket] = count
+    hist[..., buckets - cols] = 2
+    hist[..., buckets - 1] = 1
+    total = int(hist[0, 0].sum())
+    locate = jax.jit(_quantile._locate, static_argnums=2)
+    for rank in range(total):
+        ranks = np.full((1, 2), rank)
+        want = _numpy_locate(hist, ranks)
+        for max_total in (total, _quantile._EXACT_FLOAT32_COUNTS + 1):
+            got = locate(
+                jnp.asarray(hist, jnp.int32), jnp.asarray(ranks, jnp.int32), max_total
+            )
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])
 
 
 def test_selection_compiles_without_sort_while_jnp_quantile_sorts():
@@ -523,9 +549,12 @@ def test_bench_quantile_reports_the_library_pass_counts(rng):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
     import bench_quantile
 
-    x = rng.standard_normal((512, 512)).astype(np.float32)
+    x = rng.standard_normal((256, 256)).astype(np.float32)
     passes = bench_quantile._passes(x, 0.9)
     assert passes["cpu_histogram"] == 3
+    x = rng.standard_normal((512, 512)).astype(np.float32)
+    passes = bench_quantile._passes(x, 0.9)
+    assert passes["cpu_histogram"] == 2
     assert 3 <= passes["accelerator_counting"] <= 7  # the final pass included
     big = np.zeros((1, 1024, 2048), np.float32)
     assert bench_quantile._passes(big, 0.9) == {
