@@ -47,8 +47,7 @@ def _passes(x: np.ndarray, q: float) -> dict[str, int]:
     per_matrix = x.shape[-2] * x.shape[-1]
     cpu, _ = _quantile._histogram_plan(31, _quantile._bucket_bits(per_matrix))
     bits = np.abs(x.reshape(-1, x.shape[-2], x.shape[-1])).view(np.int32)
-    k = int(np.floor(q * (per_matrix - 1)))
-    ranks = jnp.asarray([k, min(k + 1, per_matrix - 1)], jnp.int32)
+    ranks, _ = _quantile._ranks(q, per_matrix, np.float32, "bench_quantile")
     search = jax.jit(_counting_select.counting_search, static_argnums=(2, 3))
     _, counting = search(jnp.asarray(bits), ranks, 31, 1)
     return {"cpu_histogram": cpu, "accelerator_counting": int(counting)}
@@ -275,7 +274,7 @@ def _notes(args) -> str:
         "fractions of NS time are medians [quartiles] of per-round ratios (all "
         "functions timed under the same load); the target applies to the speedup. "
         "Passes: reads of the data on CPU (scatter-add histograms, 16-bit digits "
-        "from 2^20 entries per matrix) / on accelerators (15 placed pivots per "
+        "from 2^18 entries per matrix) / on accelerators (15 placed pivots per "
         "pass: the passes this data needed, run here, the final extremes "
         "included; the 4-bit digit passes before made 9); the old bit bisection "
         f"made {OLD_PASSES}. "

@@ -78,13 +78,16 @@ def _ns_probe(steps: int):
     )
 
 
+def _ranks(n: int) -> jax.Array:
+    """The library's ranks of the 0.9-quantile's neighbours among ``n`` entries."""
+    return _quantile._ranks(0.9, n, np.float32, "bench_threshold_tpu")[0]
+
+
 def counting_passes(shape, seed: int = 0) -> int:
     """Most counting passes the search needs on normal and Student-t stacks."""
     rng = np.random.default_rng(seed)
     search = jax.jit(_counting_select.counting_search, static_argnums=(2, 3))
-    n = shape[1] * shape[2]
-    k = int(np.floor(0.9 * (n - 1)))
-    ranks = jnp.asarray([k, min(k + 1, n - 1)], jnp.int32)
+    ranks = _ranks(shape[1] * shape[2])
     passes = []
     for draw in (rng.standard_normal, lambda s: rng.standard_t(3, s)):
         # Matrices are searched independently (a stack loops until its last
@@ -99,8 +102,7 @@ def _one_counting_pass(x):
     """A single (not the first) pass of the search, as its own program."""
     bits = jax.lax.bitcast_convert_type(jnp.abs(x), jnp.int32)
     n = x.shape[1] * x.shape[2]
-    k = int(np.floor(0.9 * (n - 1)))
-    ranks = jnp.asarray([k, k + 1], jnp.int32)
+    ranks = _ranks(n)
     search = _counting_select.initial_search(x.shape[:1], n, jnp.int32, ranks[0])
     return _counting_select.counting_pass(bits, search, ranks, 1, 31, (1, 2))
 

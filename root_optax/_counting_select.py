@@ -82,7 +82,8 @@ class Search(NamedTuple):
     v: jax.Array
 
 
-def _per_entry(v: jax.Array, ndim: int) -> jax.Array:
+def per_entry(v: jax.Array, ndim: int) -> jax.Array:
+    """Per-matrix values ``(*batch,)`` broadcastable against ``ndim``-d data."""
     return v.reshape(v.shape + (1,) * (ndim - v.ndim))
 
 
@@ -142,11 +143,11 @@ def _pivots(s: Search, k, passes, num_bits: int) -> jax.Array:
 def _reductions(bits, pivots, at_most, above, axes, count_dtype):
     """The pass's one read of the data: the counts at the pivots,
     ``max{bits <= at_most}`` and ``min{bits > above}``."""
-    count = lambda p: jnp.sum(bits <= _per_entry(p, bits.ndim), axes, count_dtype)
+    count = lambda p: jnp.sum(bits <= per_entry(p, bits.ndim), axes, count_dtype)
     counts = jnp.stack([count(p) for p in jnp.unstack(pivots, axis=-1)], -1)
     largest = jnp.iinfo(bits.dtype).max
-    low = jnp.where(bits <= _per_entry(at_most, bits.ndim), bits, -1)
-    high = jnp.where(bits > _per_entry(above, bits.ndim), bits, largest)
+    low = jnp.where(bits <= per_entry(at_most, bits.ndim), bits, -1)
+    high = jnp.where(bits > per_entry(above, bits.ndim), bits, largest)
     return counts, (jnp.max(low, axes), jnp.min(high, axes))
 
 

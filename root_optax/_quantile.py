@@ -7,7 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from root_optax import _platform, _validation
-from root_optax._counting_select import INT_OF_FLOAT, counting_select, patterns_of
+from root_optax._counting_select import (
+    INT_OF_FLOAT,
+    counting_select,
+    patterns_of,
+    per_entry,
+)
 
 # Non-negative IEEE floats order like their bit patterns read as signed integers
 # (NaN patterns above inf), so the k-th smallest |x| is found on integers:
@@ -23,11 +28,6 @@ def _bucket_bits(per_matrix: int) -> int:
     """Histogram digit width for matrices of ``per_matrix`` entries."""
     width = max(per_matrix, 1).bit_length() - 1 - _ENTRIES_PER_BUCKET_BITS
     return min(max(width, _MIN_BUCKET_BITS), _MAX_BUCKET_BITS)
-
-
-def _per_entry(v: jax.Array, ndim: int) -> jax.Array:
-    """Per-matrix values ``(*batch,)`` broadcastable against ``ndim``-d data."""
-    return v.reshape(v.shape + (1,) * (ndim - v.ndim))
 
 
 _EXACT_FLOAT32_COUNTS = 2**24
@@ -126,7 +126,7 @@ def _digit_histograms(
     index = ((bits >> shift) & (buckets - 1)).astype(jnp.int32)
     # Patterns are non-negative below 2**num_bits: shifting by num_bits gives 0.
     high = bits >> jnp.minimum(shift + width, num_bits).astype(bits.dtype)
-    lead, follow = (_per_entry(p, bits.ndim) for p in jnp.unstack(prefix, axis=-1))
+    lead, follow = (per_entry(p, bits.ndim) for p in jnp.unstack(prefix, axis=-1))
     # The first target's buckets, the second's, then one slot for the rest.
     other = jnp.where(high == follow, index + buckets, 2 * buckets)
     index = jnp.where(high == lead, index, other)
@@ -254,8 +254,7 @@ def abs_quantile(x: jax.Array, q: jax.typing.ArrayLike) -> jax.Array:
     entries, at most 4 below), elsewhere by counting against 15 pivots per
     pass placed where the neighbours are likely (5-8 passes for float32
     matrices, the one reading the final extremes included; the count depends
-    on the data, the result does not). Only
-    reductions and histograms touch
+    on the data, the result does not). Only reductions and histograms touch
     ``x`` (it is never reshaped), so a sharded ``x`` is never gathered, even
     when it is sharded over several mesh axes: each pass all-reduces counters.
     NaN entries count as larger than ``inf``.

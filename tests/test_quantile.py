@@ -471,10 +471,12 @@ def test_accelerators_count_instead_of_scatter(platform):
     text = traced.lower(lowering_platforms=(platform,)).as_text()
     for op in ("scatter", "gather", "sort", "dynamic_slice"):
         assert f"stablehlo.{op}" not in text
-    # The passes are one loop: 15 pivot counts and the bracket's two snapped
-    # ends in its body; the statistics before it, two extremes after it.
+    # The passes are one loop; each reads the data with 15 pivot counts and two
+    # extremes (the bracket's snapped ends, or the final answer's), and no
+    # reduction over the data lies outside it.
     assert text.count("stablehlo.while") == 1
     assert text.count("stablehlo.reduce") >= 15 + 2 + 2
+    assert text.count("(tensor<256x512xi32>, tensor<i32>)") == 15 + 2
 
 
 def test_sharded_input_is_reduced_not_gathered(rng):
