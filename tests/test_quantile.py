@@ -380,6 +380,42 @@ def test_histogram_passes_are_one_width_and_all_needed():
     assert _quantile._histogram_plan(31, 14) == (3, 11)
 
 
+@pytest.mark.parametrize("width", [3, 11])
+def test_histogram_pass_counts_only_each_targets_bucket(rng, width):
+    """A later pass's histograms equal NumPy's of the digits of the entries
+    under each target's prefix; the other entries (most of them, with every
+    low digit value) land in no target's counts. Covers two targets with
+    different prefixes, equal ones, and a prefix no entry has."""
+    shift, num_bits = width, min(3 * width, 31)  # int32 patterns
+    bits = rng.integers(0, 1 << num_bits, (3, 40, 50))
+    top = bits >> (shift + width)
+    # Per matrix: a common prefix, two different ones, an absent one.
+    prefix = np.stack(
+        [
+            [top[0, 0, 0], top[0, 0, 0]],
+            [top[1, 0, 0], top[1, 3, 7]],
+            [top[2, 0, 0], (1 << width) - 1 + (top[2].max() + 1)],
+        ]
+    )
+    got = jax.jit(_quantile._digit_histograms, static_argnums=(3, 4, 5, 6))(
+        jnp.asarray(bits, jnp.int32),
+        jnp.asarray(prefix, jnp.int32),
+        jnp.asarray(shift, jnp.int32),
+        width,
+        num_bits,
+        1,
+        jnp.int32,
+    )
+    digits = (bits >> shift) & ((1 << width) - 1)
+    for b in range(3):
+        for t in range(2):
+            under = top[b] == prefix[b, t]
+            want = np.bincount(digits[b][under], minlength=1 << width)
+            np.testing.assert_array_equal(got[b, t], want)
+    assert int(got[2, 1].sum()) == 0
+    assert int(got.sum()) < bits.size  # most entries counted for no target
+
+
 @pytest.mark.parametrize("width", [2, 4, 8, 11, 16])
 def test_histogram_cumsum_is_exact_up_to_float32_counts(rng, width):
     """The CPU locate's cumsum (float32 products with triangular ones) equals
