@@ -4,7 +4,8 @@ Per matrix shape it times ``abs_quantile``, ``jnp.quantile`` and a 5-step
 Newton–Schulz (``orthogonalize(x, ns_coeffs="muon")``) in interleaved rounds;
 per stack of matrices it times ``jax.vmap(abs_quantile)``,
 ``abs_quantile_batched`` and ``jax.vmap(jnp.quantile)`` against the batched
-Newton–Schulz. Exactness is checked against float64 NumPy.
+Newton–Schulz, and one CPU histogram pass (the threshold's floor per pass).
+Exactness is checked against float64 NumPy.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ OURS, BATCHED, REFERENCE, NS = (
     "newton_schulz",
 )
 OLD_PASSES = 33  # bit bisection: 31 counting passes + ties + masked minimum
+ONE_PASS = "one histogram pass"
 
 
 def _parse_shape(text: str) -> tuple[int, ...]:
@@ -106,8 +108,25 @@ def _measure_matrix(shape, q, repeats, seed):
     }
 
 
+def _one_histogram_pass(shape):
+    """The CPU threshold's floor: its first scatter-add pass over a stack
+    (patterns, digit indices, one count per entry), the primitive each of
+    its passes repeats."""
+    per_matrix = shape[-2] * shape[-1]
+    passes, width = _quantile._histogram_plan(31, _quantile._bucket_bits(per_matrix))
+    shift = jnp.asarray((passes - 1) * width, jnp.int32)
+    prefix = jnp.zeros(shape[:1] + (2,), jnp.int32)
+
+    def one_pass(a):
+        bits = _counting_select.patterns_of(a)
+        return _quantile._digit_histograms(bits, prefix, shift, width, 31, 1, jnp.int32)
+
+    return jax.jit(one_pass)
+
+
 def _measure_stack(shape, q, repeats, seed):
-    """Time vmapped and batched abs_quantile, vmapped jnp.quantile, batched NS."""
+    """Time vmapped and batched abs_quantile, vmapped jnp.quantile, batched NS,
+    and one histogram pass (the batched threshold's floor per pass)."""
     x = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
     x_dev = jnp.asarray(x)
     fns = {
@@ -115,6 +134,7 @@ def _measure_stack(shape, q, repeats, seed):
         BATCHED: jax.jit(lambda a: _quantile.abs_quantile_batched(a, q)),
         f"vmap {REFERENCE}": jax.jit(jax.vmap(lambda a: jnp.quantile(jnp.abs(a), q))),
         NS: jax.jit(lambda a: root_optax.orthogonalize(a, ns_coeffs="muon")),
+        ONE_PASS: _one_histogram_pass(shape),
     }
     values = {k: fns[k](x_dev) for k in list(fns)[:3]}
     timing = _common.time_interleaved(
@@ -133,6 +153,8 @@ def _measure_stack(shape, q, repeats, seed):
             k: _common.paired_ratios(timing, f"vmap {REFERENCE}", k) for k in ours
         },
         "fraction_of_ns": {k: _common.paired_ratios(timing, k, NS) for k in ours},
+        "batched_over_one_pass": _common.paired_ratios(timing, BATCHED, ONE_PASS),
+        "one_pass_of_ns": _common.paired_ratios(timing, ONE_PASS, NS),
     }
 
 
@@ -180,6 +202,8 @@ def _stack_table(results) -> str:
         "speedup vmap",
         "speedup batched",
         "of NS (vmap / batched)",
+        "batched / one histogram pass",
+        "one pass of NS",
         "max rel err (ours)",
         "v_k, v_k+1 exact",
     ]
@@ -199,6 +223,8 @@ def _stack_table(results) -> str:
                 _common.format_ratio(s[f"vmap {OURS}"]),
                 _common.format_ratio(s[BATCHED]),
                 " / ".join(f"{100 * f[k]['ratio']:.3g}%" for k in ours),
+                _common.format_ratio(r["batched_over_one_pass"]),
+                f"{100 * r['one_pass_of_ns']['ratio']:.3g}%",
                 f"{err:.2e}",
                 "yes" if r["order_statistics_exact"] else "NO",
             ]
@@ -269,7 +295,11 @@ def _notes(args) -> str:
         'ns_coeffs="muon"))` on the same matrix (or stack), all on float32 '
         f"standard normal data (NumPy seed {args.seed}). Stacks compare "
         f"`jax.vmap` of `{OURS}` and `_quantile.{BATCHED}` (one flat histogram "
-        "for the batch) with `jax.vmap` of `jnp.quantile`. Times are medians over "
+        "for the batch) with `jax.vmap` of `jnp.quantile`, and time one "
+        "histogram pass alone (patterns, digit indices and XLA:CPU's scatter-add "
+        "of one count per entry, as the first pass makes it): the floor each CPU "
+        "pass repeats, so `batched / one histogram pass` is the threshold in "
+        "passes, its loop and bucket searches included. Times are medians over "
         f"{args.repeats} interleaved rounds, compilation excluded. Speedups and "
         "fractions of NS time are medians [quartiles] of per-round ratios (all "
         "functions timed under the same load); the target applies to the speedup. "

@@ -17,7 +17,9 @@ ns_normalization="schatten4", ns_gram=True)``. The embedding, biases and norm
 scales go to AdamW in every optimizer. Step times are one jitted
 ``update + apply_updates`` in interleaved rounds (ratios are medians of
 per-round ratios); compile time is ``jit(...).lower(...).compile()`` of a fresh
-function, best of two, interleaved.
+function, best of three, interleaved. The compile split also compiles
+``root(skip_nonfinite=False)`` and ``root(clip_quantile=None,
+skip_nonfinite=False)``: what the clip and the non-finite skip each add.
 
     python benchmarks/bench_step_time.py              # all trees, 5 rounds
     python benchmarks/bench_step_time.py --quick      # small sizes, smoke test
@@ -40,6 +42,10 @@ from optax.contrib import MuonDimensionNumbers
 import root_optax
 
 MUON, ROOT, NO_CLIP, FAST = "muon", "root", "root(clip_quantile=None)", "root fast"
+NO_SKIP, NEITHER = (
+    "root(skip_nonfinite=False)",
+    "root(clip_quantile=None, skip_nonfinite=False)",
+)
 FAST_KWARGS = {"ns_steps": 4, "ns_normalization": "schatten4", "ns_gram": True}
 TARGETS = {
     "root_over_muon": 1.0,
@@ -117,6 +123,16 @@ def optimizers(dims) -> dict[str, optax.GradientTransformation]:
     }
 
 
+def compile_only_optimizers(dims) -> dict[str, optax.GradientTransformation]:
+    """Compiled, not timed: what the clip and the non-finite skip add to the
+    compile time (their step costs are in the clip column and the README)."""
+    lr, kw = 1e-3, {"weight_dimension_numbers": dims}
+    return {
+        NO_SKIP: root_optax.root(lr, skip_nonfinite=False, **kw),
+        NEITHER: root_optax.root(lr, clip_quantile=None, skip_nonfinite=False, **kw),
+    }
+
+
 def make_step(opt) -> Callable:
     def step(params, state, grads):
         updates, state = opt.update(grads, state, params)
@@ -125,7 +141,7 @@ def make_step(opt) -> Callable:
     return step
 
 
-def compile_seconds(opts, params, grads, rounds: int = 2) -> dict[str, float]:
+def compile_seconds(opts, params, grads, rounds: int = 3) -> dict[str, float]:
     """Best-of-``rounds`` lower + compile time of a fresh jitted step, interleaved."""
     states = {name: opt.init(params) for name, opt in opts.items()}
     best = {name: np.inf for name in opts}
@@ -142,7 +158,7 @@ def measure_tree(name: str, args) -> dict:
     params, grads = random_tree(shapes, 0), random_tree(shapes, 1)
     dims = dimension_numbers(params, stacked)
     opts = optimizers(dims)
-    compiled = compile_seconds(opts, params, grads)
+    compiled = compile_seconds(opts | compile_only_optimizers(dims), params, grads)
     thunks = {}
     for opt_name, opt in opts.items():
         state = opt.init(params)
@@ -172,7 +188,7 @@ def measure_tree(name: str, args) -> dict:
         "clip_overhead": clip["ratio"] - 1.0,
         "clip_ratio": clip,
         "compile_s": compiled,
-        "compile_ratio_to_muon": {n: compiled[n] / compiled[MUON] for n in opts},
+        "compile_ratio_to_muon": {n: compiled[n] / compiled[MUON] for n in compiled},
     }
 
 
@@ -250,6 +266,32 @@ def results_table(rows: list[dict]) -> str:
     )
 
 
+def compile_table(rows: list[dict]) -> str:
+    """Compile time over Muon's with the clip and the non-finite skip on and
+    off; each one's share is what removing it alone takes off the default."""
+    body = []
+    for r in rows:
+        comp = r["compile_ratio_to_muon"]
+        body.append(
+            [r["tree"], f"{r['compile_s'][MUON]:.2f} s"]
+            + [f"{comp[n]:.2f}x" for n in (ROOT, NO_CLIP, NO_SKIP, NEITHER)]
+            + [f"+{comp[ROOT] - comp[n]:.2f}" for n in (NO_CLIP, NO_SKIP)]
+        )
+    return _common.markdown_table(
+        [
+            "tree",
+            "muon compile",
+            "root / muon",
+            "no clip",
+            "no skip",
+            "neither",
+            "clip adds (x muon)",
+            "skip adds (x muon)",
+        ],
+        body,
+    )
+
+
 def plot(plt, rows):
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     names = [r["tree"] for r in rows]
@@ -299,9 +341,12 @@ def main(argv=None) -> int:
         print(f"tree {name}:")
         rows.append(measure_tree(name, args))
     table = results_table(rows)
+    split = compile_table(rows)
     lines = verdicts(rows)
     print()
     print(table)
+    print()
+    print(split)
     print()
     print("\n".join(lines))
     method = (
@@ -324,6 +369,7 @@ def main(argv=None) -> int:
         },
         sections=[
             ("Results", table),
+            ("Compile time split", split),
             ("Targets", "\n".join(f"- {v}" for v in lines)),
             ("Method", method),
         ],
