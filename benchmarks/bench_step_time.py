@@ -19,7 +19,9 @@ scales go to AdamW in every optimizer. Step times are one jitted
 per-round ratios); compile time is ``jit(...).lower(...).compile()`` of a fresh
 function, best of three, interleaved. The compile split also compiles
 ``root(skip_nonfinite=False)`` and ``root(clip_quantile=None,
-skip_nonfinite=False)``: what the clip and the non-finite skip each add.
+skip_nonfinite=False)``: what the clip and the non-finite skip each add; and
+the clip threshold's scatter-add loops alone (one per matrix shape, less a
+scalar program's fixed compile cost): the clip's compile floor.
 
     python benchmarks/bench_step_time.py              # all trees, 5 rounds
     python benchmarks/bench_step_time.py --quick      # small sizes, smoke test
@@ -40,12 +42,15 @@ import optax
 from optax.contrib import MuonDimensionNumbers
 
 import root_optax
+from root_optax import _counting_select, _quantile
 
 MUON, ROOT, NO_CLIP, FAST = "muon", "root", "root(clip_quantile=None)", "root fast"
 NO_SKIP, NEITHER = (
     "root(skip_nonfinite=False)",
     "root(clip_quantile=None, skip_nonfinite=False)",
 )
+SCATTER_LOOPS = "clip's scatter loops alone"
+EMPTY = "a scalar add"  # any program's fixed compile cost
 FAST_KWARGS = {"ns_steps": 4, "ns_normalization": "schatten4", "ns_gram": True}
 TARGETS = {
     "root_over_muon": 1.0,
@@ -133,6 +138,49 @@ def compile_only_optimizers(dims) -> dict[str, optax.GradientTransformation]:
     }
 
 
+def matrix_groups(params: dict, dims) -> dict[tuple[int, int], int]:
+    """Matrices per wide shape ``(min(m, n), max(m, n))``: root()'s batches
+    (one per shape when nothing is sharded)."""
+    groups: dict[tuple[int, int], int] = {}
+    is_spec = lambda d: d is None or hasattr(d, "output_axis")
+    for x, d in zip(jax.tree.leaves(params), jax.tree.leaves(dims, is_leaf=is_spec)):
+        if d is not None:
+            key = (min(x.shape[-2:]), max(x.shape[-2:]))
+            groups[key] = groups.get(key, 0) + int(np.prod(x.shape[:-2]))
+    return groups
+
+
+def scatter_loops(groups: dict[tuple[int, int], int]) -> Callable:
+    """A fresh function holding only the scatter-add loops of the CPU clip
+    threshold, one per batch: its real pass count, digit width, index
+    arithmetic and scatter, without the bucket search (each pass's prefix takes
+    one bucket's count, so no scatter is dead code). The clip's compile floor
+    as the threshold is built: its bucket search, extremes and the clamp cost
+    the rest of what the clip adds."""
+
+    def loops(batches):
+        total = jnp.int32(0)
+        for batch in batches:
+            bits = _counting_select.patterns_of(batch)
+            per_matrix = batch.shape[-2] * batch.shape[-1]
+            passes, width = _quantile._histogram_plan(
+                31, _quantile._bucket_bits(per_matrix)
+            )
+
+            def one_pass(i, prefix, bits=bits, passes=passes, width=width):
+                shift = (passes - 1 - i) * width
+                hist = _quantile._digit_histograms(
+                    bits, prefix, shift, width, 31, 1, jnp.int32
+                )
+                return (prefix << width) | (hist[..., 0] & ((1 << width) - 1))
+
+            prefix = jnp.zeros(batch.shape[:1] + (2,), jnp.int32)
+            total += jnp.sum(jax.lax.fori_loop(0, passes, one_pass, prefix))
+        return total
+
+    return loops
+
+
 def make_step(opt) -> Callable:
     def step(params, state, grads):
         updates, state = opt.update(grads, state, params)
@@ -141,14 +189,24 @@ def make_step(opt) -> Callable:
     return step
 
 
-def compile_seconds(opts, params, grads, rounds: int = 3) -> dict[str, float]:
-    """Best-of-``rounds`` lower + compile time of a fresh jitted step, interleaved."""
+def compile_seconds(
+    opts, params, grads, programs=None, rounds: int = 3
+) -> dict[str, float]:
+    """Best-of-``rounds`` lower + compile time of a fresh jitted step, interleaved
+    with ``programs`` (``{name: (make_fn, args)}``, a fresh function per call)."""
     states = {name: opt.init(params) for name, opt in opts.items()}
-    best = {name: np.inf for name in opts}
+    jobs = {
+        name: (lambda opt=opt, st=states[name]: (make_step(opt), (params, st, grads)))
+        for name, opt in opts.items()
+    }
+    for name, (make_fn, args) in (programs or {}).items():
+        jobs[name] = lambda make_fn=make_fn, args=args: (make_fn(), args)
+    best = {name: np.inf for name in jobs}
     for _ in range(rounds):
-        for name, opt in opts.items():
+        for name, job in jobs.items():
+            fn, args = job()
             start = time.perf_counter()
-            jax.jit(make_step(opt)).lower(params, states[name], grads).compile()
+            jax.jit(fn).lower(*args).compile()
             best[name] = min(best[name], time.perf_counter() - start)
     return best
 
@@ -158,7 +216,19 @@ def measure_tree(name: str, args) -> dict:
     params, grads = random_tree(shapes, 0), random_tree(shapes, 1)
     dims = dimension_numbers(params, stacked)
     opts = optimizers(dims)
-    compiled = compile_seconds(opts | compile_only_optimizers(dims), params, grads)
+    groups = matrix_groups(params, dims)
+    batches = [
+        jax.ShapeDtypeStruct((b, m, n), jnp.float32) for (m, n), b in groups.items()
+    ]
+    compiled = compile_seconds(
+        opts | compile_only_optimizers(dims),
+        params,
+        grads,
+        programs={
+            SCATTER_LOOPS: (lambda: scatter_loops(groups), (batches,)),
+            EMPTY: (lambda: lambda x: x + 1, (jax.ShapeDtypeStruct((), jnp.float32),)),
+        },
+    )
     thunks = {}
     for opt_name, opt in opts.items():
         state = opt.init(params)
@@ -167,22 +237,13 @@ def measure_tree(name: str, args) -> dict:
     timing = _common.time_interleaved(thunks, repeats=args.repeats, min_sample_s=0.0)
     ratios = {n: _common.paired_ratios(timing, n, MUON) for n in opts if n != MUON}
     clip = _common.paired_ratios(timing, ROOT, NO_CLIP)
-    matrices = sum(
-        int(np.prod(x.shape[:-2])) if x.ndim > 2 else 1
-        for x, d in zip(
-            jax.tree.leaves(params),
-            jax.tree.leaves(
-                dims, is_leaf=lambda d: d is None or hasattr(d, "output_axis")
-            ),
-        )
-        if d is not None
-    )
     return {
         "tree": name,
         "stacked": stacked,
         "params": int(sum(x.size for x in jax.tree.leaves(params))),
         "leaves": len(jax.tree.leaves(params)),
-        "matrices": matrices,
+        "matrices": sum(groups.values()),
+        "matrix_batches": [f"{b}x{m}x{n}" for (m, n), b in groups.items()],
         "step_time": {n: _common.stats(t) for n, t in timing["seconds"].items()},
         "ratio_to_muon": ratios,
         "clip_overhead": clip["ratio"] - 1.0,
@@ -268,14 +329,22 @@ def results_table(rows: list[dict]) -> str:
 
 def compile_table(rows: list[dict]) -> str:
     """Compile time over Muon's with the clip and the non-finite skip on and
-    off; each one's share is what removing it alone takes off the default."""
+    off; each one's share is what removing it alone takes off the default.
+    The last three columns are the clip's floor (:func:`scatter_loops` compiled
+    alone, less the fixed cost of compiling any program, measured on a scalar
+    add) and the least a default with an exact CPU clip can compile in: the
+    default without the clip plus those loops, then the same without the
+    skip too."""
     body = []
     for r in rows:
         comp = r["compile_ratio_to_muon"]
+        loops = comp[SCATTER_LOOPS] - comp[EMPTY]
         body.append(
             [r["tree"], f"{r['compile_s'][MUON]:.2f} s"]
             + [f"{comp[n]:.2f}x" for n in (ROOT, NO_CLIP, NO_SKIP, NEITHER)]
             + [f"+{comp[ROOT] - comp[n]:.2f}" for n in (NO_CLIP, NO_SKIP)]
+            + [f"{loops:.2f}"]
+            + [f"{comp[n] + loops:.2f}x" for n in (NO_CLIP, NEITHER)]
         )
     return _common.markdown_table(
         [
@@ -287,6 +356,9 @@ def compile_table(rows: list[dict]) -> str:
             "neither",
             "clip adds (x muon)",
             "skip adds (x muon)",
+            "scatter loops alone (x muon)",
+            "floor: no clip + loops",
+            "floor without skip: neither + loops",
         ],
         body,
     )
