@@ -60,26 +60,34 @@ def _inclusive_cumsum(hist: jax.Array, max_total: int) -> jax.Array:
     return (within + offsets[..., None]).reshape(hist.shape)
 
 
+def _sum_pair(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(x.sum(-1), y.sum(-1))`` as one variadic reduction: one kernel where
+    XLA:CPU splits each plain sum into a reduce-window and a reduce. Compile
+    time of a whole ``root()`` step (``bench_step_time``'s trees, A/B in one
+    process): big 0.84-0.88x, stacked 0.93-0.99x, small 1.00x; the same step
+    time and bits."""
+    zero = np.zeros((), x.dtype)
+    add = lambda a, b: (a[0] + b[0], a[1] + b[1])
+    return jax.lax.reduce((x, y), (zero, zero), add, (x.ndim - 1,))
+
+
 def _locate_flat(
     hist: jax.Array, ranks: jax.Array, max_total: int
 ) -> tuple[jax.Array, jax.Array]:
     """:func:`_locate` by one cumsum over all buckets (for short histograms)."""
     cumulative = _inclusive_cumsum(hist, max_total)
+    rank = ranks[..., None].astype(cumulative.dtype)
     if jnp.issubdtype(cumulative.dtype, jnp.floating):
         # Integer-valued floats: rank + 1 - cumulative >= 1 exactly where
         # cumulative <= rank, <= 0 elsewhere, so the clip is that mask in
-        # arithmetic XLA:CPU fuses into the reductions (a compare and select it
-        # would materialize, and an integer sum it splits into reduce-windows).
-        rank = ranks[..., None].astype(cumulative.dtype)
+        # arithmetic XLA:CPU fuses into the reduction (a compare and select it
+        # would materialize). Every sum is an integer below 2**24: exact.
         at_or_below = jnp.clip(rank + 1 - cumulative, 0, 1)
-        digit = jnp.sum(at_or_below, axis=-1)
-        # The buckets at or below the rank are the first `digit` ones.
-        below = jnp.sum(hist * at_or_below, axis=-1)
-        return digit.astype(jnp.int32), below.astype(ranks.dtype)
-    digit = jnp.sum(cumulative <= ranks[..., None], axis=-1)
-    below = jax.lax.broadcasted_iota(digit.dtype, hist.shape, hist.ndim - 1)
-    below = below < digit[..., None]
-    return digit, jnp.sum(jnp.where(below, hist, 0), axis=-1, dtype=ranks.dtype)
+    else:
+        at_or_below = (cumulative <= rank).astype(cumulative.dtype)
+    # The buckets at or below the rank are the first `digit` ones.
+    digit, below = _sum_pair(at_or_below, hist.astype(cumulative.dtype) * at_or_below)
+    return digit.astype(jnp.int32), below.astype(ranks.dtype)
 
 
 def _locate(
