@@ -42,7 +42,7 @@ import optax
 from optax.contrib import MuonDimensionNumbers
 
 import root_optax
-from root_optax import _counting_select, _quantile
+from root_optax import _counting_select, _quantile, _root
 
 MUON, ROOT, NO_CLIP, FAST = "muon", "root", "root(clip_quantile=None)", "root fast"
 NO_SKIP, NEITHER = (
@@ -150,9 +150,9 @@ def matrix_groups(params: dict, dims) -> dict[tuple[int, int], int]:
     return groups
 
 
-def scatter_loops(groups: dict[tuple[int, int], int]) -> Callable:
+def scatter_loops() -> Callable:
     """A fresh function holding only the scatter-add loops of the CPU clip
-    threshold, one per batch: its real pass count, digit width, index
+    threshold, one per batch it is given: its real pass count, digit width, index
     arithmetic and scatter, without the bucket search (each pass's prefix takes
     one bucket's count, so no scatter is dead code). The clip's compile floor
     as the threshold is built: its bucket search, extremes and the clamp cost
@@ -217,15 +217,19 @@ def measure_tree(name: str, args) -> dict:
     dims = dimension_numbers(params, stacked)
     opts = optimizers(dims)
     groups = matrix_groups(params, dims)
+    # As root() thresholds on CPU: whole batches of small matrices, larger ones
+    # one matrix at a time inside its loop over the batch.
+    per_matrix = _root.CPU_CLIP_PER_MATRIX_ENTRIES
     batches = [
-        jax.ShapeDtypeStruct((b, m, n), jnp.float32) for (m, n), b in groups.items()
+        jax.ShapeDtypeStruct((b if m * n < per_matrix else 1, m, n), jnp.float32)
+        for (m, n), b in groups.items()
     ]
     compiled = compile_seconds(
         opts | compile_only_optimizers(dims),
         params,
         grads,
         programs={
-            SCATTER_LOOPS: (lambda: scatter_loops(groups), (batches,)),
+            SCATTER_LOOPS: (scatter_loops, (batches,)),
             EMPTY: (lambda: lambda x: x + 1, (jax.ShapeDtypeStruct((), jnp.float32),)),
         },
     )
