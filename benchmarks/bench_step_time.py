@@ -20,8 +20,8 @@ per-round ratios); compile time is ``jit(...).lower(...).compile()`` of a fresh
 function, best of three, interleaved. The compile split also compiles
 ``root(skip_nonfinite=False)`` and ``root(clip_quantile=None,
 skip_nonfinite=False)``: what the clip and the non-finite skip each add; and
-the clip threshold's scatter-add loops alone (one per matrix shape, less a
-scalar program's fixed compile cost): the clip's compile floor.
+the clip threshold's scatter-add loops alone (one per matrix batch, less a
+scalar program's fixed compile cost): the clip's compile floor as built.
 
     python benchmarks/bench_step_time.py              # all trees, 5 rounds
     python benchmarks/bench_step_time.py --quick      # small sizes, smoke test
@@ -336,7 +336,7 @@ def compile_table(rows: list[dict]) -> str:
     off; each one's share is what removing it alone takes off the default.
     The last three columns are the clip's floor (:func:`scatter_loops` compiled
     alone, less the fixed cost of compiling any program, measured on a scalar
-    add) and the least a default with an exact CPU clip can compile in: the
+    add) and the least the default can compile in with this threshold: the
     default without the clip plus those loops, then the same without the
     skip too."""
     body = []
