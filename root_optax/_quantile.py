@@ -120,14 +120,14 @@ def _locate(
 
 _UNCOUNTED_SLOTS = 8
 """Slots that absorb each matrix's entries outside both targets' buckets,
-chosen by the digit's low bits (so a power of two). With one such slot, a pass after the first (where
-5-10% of the entries of a matrix below 2**18 entries fall in a target's bucket
-and the rest in that slot) ran at half the speed of the first on XLA:CPU
-(96 x 128 x 128: 3.3 vs 1.6 ms): a scatter-add alternating between one hot
-slot and scattered buckets. Spread over 8, it runs about as fast as the
-first (threshold A/Bs: 0.73-0.93x for 96 x 128 x 128 over five runs, 0.75x for
-24 x 128 x 512; 0.96-0.98x from 2**18 entries, where under 1% of the entries
-match and the slot stays hot)."""
+chosen by the digit's low bits (so a power of two). With one such slot, a
+pass after the first (where 5-10% of the entries of a matrix below 2**18
+entries fall in a target's bucket and the rest in that slot) ran at half the
+speed of the first on XLA:CPU (96 x 128 x 128: 3.3 vs 1.6 ms): a scatter-add
+alternating between one hot slot and scattered buckets. Spread over 8, it
+runs about as fast as the first (threshold A/Bs: 0.73-0.93x for 96 x 128 x
+128 over five runs, 0.75x for 24 x 128 x 512; 0.96-0.98x from 2**18 entries,
+where under 1% of the entries match and the slot stays hot)."""
 
 
 def _digit_histograms(
